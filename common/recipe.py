@@ -1,0 +1,327 @@
+"""Recipes: named, configurable end-to-end runs that write a self-describing folder.
+
+A recipe is a function ``run(ctx, config) -> summary`` plus one frozen dataclass
+config per scale (``quick`` for minutes on a laptop CPU, ``full`` for the real
+figures). ``run_recipe`` resolves the config (``--set key=value`` overrides, nested
+with dots: ``optim.learning_rate=3e-4``), picks the run folder, and writes::
+
+    runs/NAME/<timestamp>/
+        config.json      the resolved config
+        metrics.jsonl    one JSON row per logged step (ctx.logger)
+        tensorboard/     TensorBoard events
+        checkpoints/     orbax checkpoints (ctx.checkpointer())
+        *.png            figures (ctx.save_figure)
+        summary.json     the headline figures the recipe returned, machine-readable
+        summary.md       the same as a table, with the figures linked
+
+A run is complete once ``summary.json`` exists. Rerunning a recipe whose latest
+run folder has the same config but no summary resumes in that folder from its
+last checkpoint, so an interrupted run loses no work.
+
+Example:
+    >>> @register_recipe("my-recipe", "what it shows", quick=Cfg(steps=100),
+    ...                  full=Cfg(steps=10_000))
+    ... def my_recipe(ctx: RunContext, cfg: Cfg) -> dict:
+    ...     ...
+    ...     return {"test_accuracy": acc}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.registry import Registry
+
+SCALES = ("quick", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    configs: Mapping[str, Any]
+    run: Callable[[RunContext, Any], dict[str, Any]]
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+
+
+class ConfigError(ValueError):
+    """A config override or scale that cannot be applied (unknown key, unparsable value)."""
+
+
+def register_recipe(name: str, description: str, *, quick, full):
+    """Decorator registering ``run(ctx, config) -> summary`` with its two configs."""
+    for scale, cfg in (("quick", quick), ("full", full)):
+        if not dataclasses.is_dataclass(cfg):
+            raise TypeError(f"recipe {name!r}: the {scale} config must be a dataclass instance")
+
+    def decorator(fn):
+        RECIPES.add(name, Recipe(name, description, {"quick": quick, "full": full}, fn))
+        return fn
+
+    return decorator
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    """A (nested) dataclass config as JSON-ready dicts (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _coerce(text: str, annotation, current):
+    """Parse a command-line string into the type of a config field."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(text, non_none[0], current) if len(non_none) == 1 else json.loads(text)
+    if annotation is bool:
+        return _parse_bool(text)
+    if annotation is int:
+        return int(text)
+    if annotation is float:
+        return float(text)
+    if annotation is str:
+        return text
+    if origin in (tuple, list) or isinstance(current, (tuple, list)):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = [item.strip() for item in text.split(",") if item.strip()]
+        if not isinstance(value, list):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str):
+            value = [args[0](v) for v in value]
+        return _tupled(value)
+    return json.loads(text)
+
+
+def _tupled(value):
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def apply_overrides(config, overrides: Mapping[str, str]):
+    """``config`` with ``{"a.b": "text"}`` overrides parsed into each field's type.
+
+    Raises:
+      ConfigError: for a key the config does not have (listing the valid keys) or a
+        value that does not parse as the field's type.
+    """
+    for dotted, text in overrides.items():
+        config = _set_path(config, dotted.split("."), text, dotted)
+    return config
+
+
+def _set_path(config, parts: list[str], text: str, dotted: str):
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    head = parts[0]
+    if head not in fields:
+        valid = ", ".join(sorted(_all_keys(config)))
+        raise ConfigError(f"unknown config key {dotted!r}; valid keys: {valid}")
+    current = getattr(config, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {dotted!r}: {head!r} has no sub-keys")
+        return dataclasses.replace(config, **{head: _set_path(current, parts[1:], text, dotted)})
+    hints = typing.get_type_hints(type(config))
+    try:
+        value = _coerce(text, hints.get(head, type(current)), current)
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config key {dotted!r}: cannot parse {text!r}: {err}") from None
+    return dataclasses.replace(config, **{head: value})
+
+
+def _all_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_all_keys(value, prefix + f.name + "."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def parse_set_args(items: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b.c=x"]`` → ``{"a": "1", "b.c": "x"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunContext:
+    """What a recipe uses to write its run folder.
+
+    Attributes:
+      run_dir: the folder of this run.
+      scale: "quick" or "full".
+      progress: whether to show progress bars.
+      resumed: True when this run continues an interrupted one.
+    """
+
+    def __init__(self, run_dir: Path, scale: str, *, progress: bool = True,
+                 resumed: bool = False):
+        self.run_dir = Path(run_dir)
+        self.scale = scale
+        self.progress = progress
+        self.resumed = resumed
+        self.figures: list[str] = []
+        self._logger = None
+        self._checkpointers: list = []
+
+    @property
+    def logger(self):
+        """The run's ``MetricsWriter`` (``metrics.jsonl`` + TensorBoard), opened on first use."""
+        if self._logger is None:
+            from common.metrics import MetricsWriter
+
+            self._logger = MetricsWriter(self.run_dir)
+        return self._logger
+
+    def checkpointer(self, name: str = "checkpoints", **kwargs):
+        """A ``Checkpointer`` in ``<run_dir>/<name>`` (one per trained state)."""
+        from common.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(self.run_dir / name, **kwargs)
+        self._checkpointers.append(ckpt)
+        return ckpt
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Save a matplotlib figure as ``<run_dir>/<name>.png`` and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self.run_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        if path.name not in self.figures:
+            self.figures.append(path.name)
+        return path
+
+    def close(self) -> None:
+        if self._logger is not None:
+            self._logger.close()
+        for ckpt in self._checkpointers:
+            ckpt.close()
+
+
+def _resumable_run(root: Path, config_json: str) -> Path | None:
+    if not root.is_dir():
+        return None
+    candidates = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if not candidates:
+        return None
+    latest = candidates[-1]
+    config_path = latest / "config.json"
+    if (latest / "summary.json").exists() or not config_path.exists():
+        return None
+    return latest if config_path.read_text(encoding="utf-8") == config_json else None
+
+
+def _new_run_dir(root: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / stamp
+    suffix = 1
+    while path.exists():
+        path = root / f"{stamp}-{suffix}"
+        suffix += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def resolve_config(name: str, scale: str = "quick", overrides: Mapping[str, str] | None = None):
+    """The recipe and its config at ``scale`` with ``overrides`` applied."""
+    recipe = RECIPES.get(name)
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    return recipe, apply_overrides(recipe.configs[scale], overrides or {})
+
+
+def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] | None = None,
+               runs_root: str | os.PathLike = "runs", resume: bool = True,
+               progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Run recipe ``name`` and return ``(run_dir, summary)``.
+
+    The config is resolved (and every override checked) before any folder is made.
+    With ``resume``, an unfinished latest run of the same config is continued.
+    """
+    recipe, config = resolve_config(name, scale, overrides)
+    config_json = json.dumps({"recipe": name, "scale": scale, "config": config_to_dict(config)},
+                             indent=2, sort_keys=True)
+    root = Path(runs_root) / name
+    run_dir = _resumable_run(root, config_json) if resume else None
+    resumed = run_dir is not None
+    if run_dir is None:
+        run_dir = _new_run_dir(root)
+        _write_atomic(run_dir / "config.json", config_json)
+    ctx = RunContext(run_dir, scale, progress=progress, resumed=resumed)
+    try:
+        summary = recipe.run(ctx, config)
+    finally:
+        ctx.close()
+    summary = dict(summary)
+    _write_atomic(run_dir / "summary.md", _summary_markdown(recipe, scale, summary, ctx.figures))
+    _write_atomic(run_dir / "summary.json",
+                  json.dumps({"recipe": name, "scale": scale, "resumed": resumed,
+                              "figures": ctx.figures, **summary}, indent=2, default=_json_default))
+    return run_dir, summary
+
+
+def _json_default(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary_markdown(recipe: Recipe, scale: str, summary: dict, figures: list[str]) -> str:
+    lines = [f"# {recipe.name} ({scale})", "", recipe.description, "",
+             "| figure | value |", "| --- | --- |"]
+    for key, value in summary.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=_json_default)
+        lines.append(f"| {key} | {_format_value(value)} |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{fig}]({fig})" for fig in figures]
+    return "\n".join(lines) + "\n"

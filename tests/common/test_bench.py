@@ -1,0 +1,42 @@
+"""Timing helper, matmul ceiling and the benchmark runner."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from common.bench import BENCHMARKS, benchmark, matmul_ceiling, run_benchmarks, time_call
+from common.registry import UnknownNameError
+
+
+def test_time_call_warms_up_then_repeats():
+    calls = []
+    timing = time_call(lambda x: calls.append(x) or jnp.ones(3) * x, 2.0, warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.times) == 5
+    assert 0 < timing.minimum <= timing.median
+    assert timing.per_second(10) == pytest.approx(10 / timing.median)
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(lambda: None, repeats=0)
+
+
+def test_matmul_ceiling_is_a_plausible_rate():
+    gflops = matmul_ceiling(n=256, repeats=3)
+    assert 0.1 < gflops < 1e6
+
+
+def test_run_benchmarks_writes_json(tmp_path):
+    @benchmark("test-bench", "a test benchmark")
+    def _bench(ctx):
+        return {"quick": ctx.quick, "fraction": ctx.fraction_of_ceiling(ctx.ceiling_gflops / 4)}
+
+    try:
+        results = run_benchmarks(["test-bench"], out_dir=tmp_path, echo=lambda s: None)
+        record = json.loads((tmp_path / "test-bench.json").read_text())
+        assert record["results"] == {"quick": True, "fraction": 0.25}
+        assert record["matmul_ceiling_gflops"] > 0 and record["machine"]["backend"] == "cpu"
+        assert results["test-bench"]["name"] == "test-bench"
+        with pytest.raises(UnknownNameError, match="unknown benchmark 'nope'"):
+            run_benchmarks(["nope"], out_dir=tmp_path / "x")
+        assert not (tmp_path / "x").exists()
+    finally:
+        BENCHMARKS._entries.pop("test-bench")

@@ -1,6 +1,5 @@
 """MLP and gated MLP against numpy forward passes using the modules' own weights."""
 
-import math
 import re
 
 import jax
@@ -10,33 +9,17 @@ import pytest
 from flax import nnx
 
 from common.nn import ACTIVATIONS, MLP, GatedMLP, SwiGLU, get_activation
-from tests.common.nn.test_attention import jit_call, make, normal, ref_linear, rngs
+from tests.common.nn.references import (
+    NP_ACTIVATIONS,
+    jit_call,
+    make,
+    normal,
+    ref_gated,
+    ref_linear,
+    ref_mlp,
+    rngs,
+)
 from tests.tolerances import F32, F64, assert_close
-
-NP_ACTIVATIONS = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "gelu": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
-    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-    "silu": lambda x: x / (1.0 + np.exp(-x)),
-    "tanh": np.tanh,
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "identity": lambda x: x,
-}
-
-
-def ref_mlp(mlp, x, act, activate_final=False):
-    h = np.asarray(x, np.float64)
-    for i, layer in enumerate(mlp.layers):
-        h = ref_linear(h, layer)
-        if i < len(mlp.layers) - 1 or activate_final:
-            h = act(h)
-    return h
-
-
-def ref_gated(ffn, x, act):
-    x = np.asarray(x, np.float64)
-    return ref_linear(act(ref_linear(x, ffn.gate_proj)) * ref_linear(x, ffn.up_proj),
-                      ffn.down_proj)
 
 
 @pytest.mark.parametrize("name", sorted(NP_ACTIVATIONS))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.nn import apply_rope, apply_rope_2d, grid_positions, rope_frequencies
-from tests.common.nn.test_attention import normal, ref_rope
+from tests.common.nn.references import normal, ref_rope
 from tests.tolerances import F32, F64, assert_close
 
 rope_jit = jax.jit(apply_rope, static_argnames="base")

@@ -20,8 +20,16 @@ from common.nn import (
     make_norm,
     padding_mask,
 )
-from tests.common.nn.test_attention import jit_call, make, normal, ref_mha, rngs
-from tests.common.nn.test_mlp import NP_ACTIVATIONS, ref_gated, ref_mlp
+from tests.common.nn.references import (
+    NP_ACTIVATIONS,
+    jit_call,
+    make,
+    normal,
+    ref_gated,
+    ref_mha,
+    ref_mlp,
+    rngs,
+)
 from tests.tolerances import F32, F64, assert_close
 
 # ----------------------------------------------------------------------------- references

@@ -1,0 +1,593 @@
+"""Grid-world recipes (``gridworld-dp``, ``gridworld-mc``) and their benchmarks.
+
+``gridworld-dp`` reproduces the book's chapter 3–4 results on the 5×5 grid world:
+optimal values and policies for γ ∈ {0.9, 0.5, 0} and r_forbidden ∈ {−1, −10},
+value iteration vs policy iteration vs truncated policy iteration, the chapter 2
+2×2 examples, and the invariance of optimal policies to an affine change of rewards.
+
+``gridworld-mc`` runs the chapter 5 algorithms on the same world (r_forbidden = −10
+by default): MC Basic for every episode length 1…L (one vmapped call); MC Exploring
+Starts with the book's plain average of returns and with a forgetting factor, and MC
+ε-greedy for ε ∈ {0, 0.1, 0.2, 0.5} over several seeds — Exploring Starts being
+ε-greedy control with ε = 0, all these runs are one vmapped call over rows
+(key, ε, memory). Every policy found is judged by its true values from exact policy
+evaluation, against value iteration (greedy) and exact ε-greedy policy iteration
+(the best ε-greedy policy).
+
+The benchmarks time the jitted, vmapped episode generator and MC ε-greedy against
+plain numpy Python loops of the same algorithms (:func:`numpy_sample_episodes`,
+:func:`numpy_mc_epsilon_greedy`), measured in the same run.
+
+Reference: S. Zhao, *Mathematical Foundations of Reinforcement Learning* (2025),
+chapters 2–5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.bench import BenchContext, time_call
+from common.recipe import RunContext, register_recipe
+from rl import dp, monte_carlo
+from rl.envs.gridworld import GridWorld, book_2x2, book_5x5, one_hot_policy, plot_gridworld
+
+# The book's optimal state values of the 5x5 example (γ = 0.9, r_boundary =
+# r_forbidden = −1, r_target = 1), as printed to one decimal (chapter 3).
+BOOK_5X5_OPTIMAL_VALUES = (
+    (5.8, 5.6, 6.2, 6.5, 5.8),
+    (6.5, 7.2, 8.0, 7.2, 6.5),
+    (7.2, 8.0, 10.0, 8.0, 7.2),
+    (8.0, 10.0, 10.0, 10.0, 8.0),
+    (7.2, 9.0, 10.0, 9.0, 8.1),
+)
+
+OPTIMAL_ATOL = 1e-3  # a policy is optimal at s when |v_π(s) − v*(s)| < OPTIMAL_ATOL
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _panel_grid(rows: int, cols: int, size: float = 2.5):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3),
+                             squeeze=False)
+    return fig, axes
+
+
+def evaluate_policies(P, R, policies, gamma) -> jax.Array:
+    """True values ``[..., S]`` of a stack of policies ``[..., S, A]`` (linear solves)."""
+    flat = policies.reshape(-1, *policies.shape[-2:])
+    values = jax.vmap(lambda p: dp.policy_evaluation(P, R, p, gamma).values)(flat)
+    return values.reshape(*policies.shape[:-1])
+
+
+def optimal_epsilon_greedy(P, R, gamma, epsilon, max_iters: int = 100):
+    """The best ε-greedy policy by exact ε-greedy policy iteration (a DP reference).
+
+    ``π_{k+1} = ε-greedy(q_{π_k})`` from the uniform policy until the policy repeats;
+    by the policy improvement theorem within the ε-soft class it converges to the
+    optimal ε-greedy policy.
+
+    Returns:
+      ``(policy [S, A], values [S])``.
+    """
+    S, A = R.shape
+    policy = jnp.full((S, A), 1.0 / A, P.dtype)
+    result = dp.policy_evaluation(P, R, policy, gamma)
+    for _ in range(max_iters):
+        new = monte_carlo.epsilon_greedy_policy(result.action_values, epsilon)
+        if bool(jnp.all(new == policy)):
+            break
+        policy = new
+        result = dp.policy_evaluation(P, R, policy, gamma)
+    return policy, result.values
+
+
+def _forbidden_entries(world: GridWorld, policy) -> int:
+    """Number of states whose (greedy) action moves into a forbidden cell."""
+    next_state, _ = world.transition_table()
+    actions = np.asarray(policy).argmax(-1)
+    lands = next_state[np.arange(world.num_states), actions]
+    return int(world.forbidden_mask()[lands].sum())
+
+
+# ====================================================================== gridworld-dp
+
+
+@dataclasses.dataclass(frozen=True)
+class GridworldDPConfig:
+    """Config of ``gridworld-dp``.
+
+    Attributes:
+      gammas: discounts of the optimal-policy panels (book: 0.9, 0.5, 0).
+      r_forbiddens: forbidden-cell rewards (book: −1, −10).
+      tol: value-iteration / truncated-PI stopping threshold.
+      max_iters: iteration cap (and history length).
+      truncation_steps: ``j`` values of truncated policy iteration to compare.
+      reward_shift: ``b`` of the affine reward change ``r → r + b`` checked to leave
+        the optimal policy unchanged.
+    """
+
+    gammas: tuple[float, ...] = (0.9, 0.5, 0.0)
+    r_forbiddens: tuple[float, ...] = (-1.0, -10.0)
+    tol: float = 1e-6
+    max_iters: int = 1000
+    truncation_steps: tuple[int, ...] = (1, 3, 6, 100)
+    reward_shift: float = 1.0
+
+
+def _dp_optimal_figure(results, cfg):
+    fig, axes = _panel_grid(len(cfg.r_forbiddens), len(cfg.gammas))
+    for i, r_forbidden in enumerate(cfg.r_forbiddens):
+        world = book_5x5(r_forbidden=r_forbidden)
+        for j, gamma in enumerate(cfg.gammas):
+            res = results[(r_forbidden, gamma)]
+            plot_gridworld(world, res.values, res.policy, ax=axes[i, j],
+                           title=f"γ={_fmt(gamma)}, r_forbidden={_fmt(r_forbidden)}")
+    fig.suptitle("Optimal state values and policies of the 5×5 grid world")
+    fig.tight_layout()
+    return fig
+
+
+def _dp_convergence_figure(curves, title):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for label, errors in curves.items():
+        errors = np.maximum(np.asarray(errors), 1e-12)
+        ax.semilogy(np.arange(len(errors)), errors, label=label,
+                    marker="o" if len(errors) < 15 else None, markersize=3)
+    ax.set_xlabel("iteration k")
+    ax.set_ylabel("‖v_k − v*‖∞")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+@register_recipe(
+    "gridworld-dp",
+    "Bellman equations on the book's grid world: optimal values/policies for several γ "
+    "and r_forbidden, value vs (truncated) policy iteration, the 2x2 examples",
+    quick=GridworldDPConfig(),
+    full=GridworldDPConfig(truncation_steps=(1, 2, 3, 6, 20, 100), max_iters=2000,
+                           tol=1e-7),
+)
+def gridworld_dp(ctx: RunContext, cfg: GridworldDPConfig) -> dict:
+    t0 = time.perf_counter()
+    summary: dict = {}
+    gammas = jnp.asarray(cfg.gammas)
+    results = {}
+    for r_forbidden in cfg.r_forbiddens:
+        world = book_5x5(r_forbidden=r_forbidden)
+        P, R = world.model()
+        batch = jax.vmap(lambda g: dp.value_iteration(P, R, g, tol=cfg.tol,
+                                                      max_iters=cfg.max_iters))(gammas)
+        for j, gamma in enumerate(cfg.gammas):
+            results[(r_forbidden, gamma)] = jax.tree.map(lambda x: x[j], batch)
+    ctx.logger.write(0, {f"dp/v_mean/rf{_fmt(rf)}_g{_fmt(g)}": float(res.values.mean())
+                         for (rf, g), res in results.items()})
+    ctx.save_figure(_dp_optimal_figure(results, cfg), "dp_optimal_values_policies")
+
+    # the book's headline example: γ = 0.9, r_forbidden = −1
+    world = book_5x5(r_forbidden=-1.0)
+    P, R = world.model()
+    vi = dp.value_iteration(P, R, 0.9, tol=cfg.tol, max_iters=cfg.max_iters)
+    pi = dp.policy_iteration(P, R, 0.9)
+    v_star = np.asarray(vi.values)
+    summary["optimal_values_gamma0.9_rf-1"] = np.round(
+        v_star.reshape(5, 5).astype(np.float64), 3).tolist()
+    summary["v_star_target_gamma0.9"] = float(v_star[world.target_state])
+    summary["max_abs_diff_from_book_table"] = float(
+        np.abs(v_star.reshape(5, 5) - np.asarray(BOOK_5X5_OPTIMAL_VALUES)).max())
+    summary["bellman_optimality_residual"] = float(vi.residual)
+    summary["value_iteration_iterations"] = int(vi.num_iterations)
+    summary["policy_iteration_iterations"] = int(pi.num_iterations)
+    summary["vi_vs_pi_max_abs_diff"] = float(np.abs(v_star - np.asarray(pi.values)).max())
+    summary["vi_pi_same_policy"] = bool(np.array_equal(np.asarray(vi.policy),
+                                                       np.asarray(pi.policy)))
+
+    # convergence of VI, PI and truncated PI toward v*
+    v_exact = np.asarray(dp.policy_evaluation(P, R, pi.policy, 0.9).values)
+    curves = {}
+    horizon = 60
+    k_pi = int(pi.num_iterations)
+    curves["policy iteration"] = np.abs(np.asarray(pi.history[:k_pi + 1]) - v_exact).max(-1)
+    for j in cfg.truncation_steps:
+        tpi = dp.truncated_policy_iteration(P, R, 0.9, num_eval_steps=j, tol=cfg.tol,
+                                            max_iters=cfg.max_iters)
+        label = "value iteration (j=1)" if j == 1 else f"truncated PI, j={j}"
+        stop = min(horizon, int(tpi.num_iterations) + 1)  # later rows repeat the last
+        curves[label] = np.abs(np.asarray(tpi.history[:stop]) - v_exact).max(-1)
+        summary[f"truncated_pi_j{j}_iterations"] = int(tpi.num_iterations)
+    ctx.save_figure(_dp_convergence_figure(
+        curves, "γ=0.9, r_forbidden=−1: value, policy and truncated policy iteration"),
+        "dp_convergence")
+
+    # how γ and r_forbidden shape the policy: moves into forbidden cells
+    entries = {f"rf{_fmt(rf)}_gamma{_fmt(g)}": _forbidden_entries(book_5x5(r_forbidden=rf),
+                                                                  results[(rf, g)].policy)
+               for rf in cfg.r_forbiddens for g in cfg.gammas}
+    summary["states_moving_into_forbidden"] = entries
+
+    # affine reward change r -> r + b leaves the optimal policy unchanged
+    shifted = book_5x5(r_forbidden=-1.0 + cfg.reward_shift,
+                       r_boundary=-1.0 + cfg.reward_shift, r_target=1.0 + cfg.reward_shift,
+                       r_other=cfg.reward_shift)
+    Ps, Rs = shifted.model()
+    vis = dp.value_iteration(Ps, Rs, 0.9, tol=cfg.tol, max_iters=cfg.max_iters)
+    summary["reward_shift_same_policy"] = bool(np.array_equal(np.asarray(vis.policy),
+                                                              np.asarray(vi.policy)))
+    summary["reward_shift_value_offset"] = float(np.mean(np.asarray(vis.values) - v_star))
+
+    # chapter 2: the 2x2 world, three policies, γ = 0.9
+    small = book_2x2()
+    P2, R2 = small.model()
+    policies = {
+        "down_right": one_hot_policy([2, 2, 1, 4]),  # s1 down, s2 down, s3 right, s4 stay
+        "via_forbidden": one_hot_policy([1, 2, 1, 4]),  # s1 right into the forbidden s2
+        "mixed": jnp.asarray(one_hot_policy([2, 2, 1, 4])).at[0].set(
+            jnp.array([0.0, 0.5, 0.5, 0.0, 0.0])),
+    }
+    summary["book_2x2_policy_values_gamma0.9"] = {
+        name: np.round(np.asarray(dp.policy_evaluation(P2, R2, p, 0.9).values, np.float64),
+                       4).tolist()
+        for name, p in policies.items()}
+    summary["book_2x2_optimal_values_gamma0.9"] = np.round(
+        np.asarray(dp.value_iteration(P2, R2, 0.9).values, np.float64), 4).tolist()
+    fig, axes = _panel_grid(1, len(policies) + 1, size=2.2)
+    for ax, (name, p) in zip(axes[0], policies.items(), strict=False):
+        plot_gridworld(small, dp.policy_evaluation(P2, R2, p, 0.9).values, p, ax=ax,
+                       title=name, value_format="{:.2f}")
+    opt2 = dp.value_iteration(P2, R2, 0.9)
+    plot_gridworld(small, opt2.values, opt2.policy, ax=axes[0, -1], title="optimal",
+                   value_format="{:.2f}")
+    fig.tight_layout()
+    ctx.save_figure(fig, "dp_2x2_examples")
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+# ====================================================================== gridworld-mc
+
+
+@dataclasses.dataclass(frozen=True)
+class GridworldMCConfig:
+    """Config of ``gridworld-mc``.
+
+    Attributes:
+      seed: base PRNG seed.
+      gamma: discount.
+      r_forbidden: forbidden-cell reward (−10 makes forbidden cells costly enough
+        that optimal paths avoid them).
+      max_episode_length: MC Basic is run for every episode length 1…this.
+      basic_iterations: policy-iteration steps of MC Basic.
+      snapshot_lengths: episode lengths drawn in the MC Basic figure.
+      episodes, episode_length, batch, tail: the budget of every Exploring Starts and
+        ε-greedy run (``batch`` episodes in parallel per policy update; ``tail``
+        extra steps per episode whose visits only feed earlier returns, removing the
+        truncation bias of every-visit returns).
+      es_memories: forgetting factors of the Exploring Starts runs (1 = the book's
+        running average of all returns).
+      eps_values: ε values of MC ε-greedy.
+      eps_seeds: seeds per ε.
+      eps_memory: forgetting factor of the ε-greedy runs.
+    """
+
+    seed: int = 0
+    gamma: float = 0.9
+    r_forbidden: float = -10.0
+    max_episode_length: int = 100
+    basic_iterations: int = 15
+    snapshot_lengths: tuple[int, ...] = (1, 2, 3, 4, 14, 15, 30, 100)
+    episodes: int = 20000
+    episode_length: int = 100
+    batch: int = 100
+    tail: int = 50
+    es_memories: tuple[float, ...] = (1.0, 0.9)
+    eps_values: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5)
+    eps_seeds: int = 2
+    eps_memory: float = 0.9
+
+
+def _mc_basic_figure(world, sweep, lengths, snapshot_lengths):
+    shown = [L for L in snapshot_lengths if L in lengths]
+    cols = min(4, len(shown)) or 1
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = _panel_grid(rows, cols)
+    for ax in axes.ravel()[len(shown):]:
+        ax.axis("off")
+    for ax, L in zip(axes.ravel(), shown, strict=False):
+        i = lengths.index(L)
+        plot_gridworld(world, sweep.values[i], sweep.policy[i], ax=ax,
+                       title=f"episode length {L}")
+    fig.suptitle("MC Basic: estimated values and greedy policies vs episode length")
+    fig.tight_layout()
+    return fig
+
+
+def _mc_basic_curves(lengths, optimal_states, positive_states, value_error, num_states):
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(lengths, optimal_states, label="greedy action optimal")
+    ax1.plot(lengths, positive_states, label="estimated value > 0 (target reached)")
+    ax1.axhline(num_states, color="gray", linestyle=":", linewidth=1)
+    ax1.set_xlabel("episode length")
+    ax1.set_ylabel("number of states")
+    ax1.legend(fontsize=8)
+    ax1.set_title("the optimal region grows from the target", fontsize=10)
+    ax2.semilogy(lengths, np.maximum(value_error, 1e-8))
+    ax2.set_xlabel("episode length")
+    ax2.set_ylabel("max_s |v_MC(s) − v*(s)|")
+    ax2.set_title("truncation error of the estimated values", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _mc_basic_summary(world, cfg, sweep, true_values, v_star, summary):
+    """Headline figures of the MC Basic sweep over episode lengths 1…L."""
+    lengths = list(range(1, cfg.max_episode_length + 1))
+    optimal_states = (np.abs(true_values - v_star) < OPTIMAL_ATOL).sum(-1)  # [L]
+    positive_states = (np.asarray(sweep.values) > 0).sum(-1)
+    value_error = np.abs(np.asarray(sweep.values) - v_star).max(-1)
+    S = world.num_states
+    # the first length from which every longer episode also gives an optimal policy
+    tail_ok = np.flip(np.cumprod(np.flip(optimal_states == S)))
+    summary["mc_basic_length_policy_optimal_everywhere"] = (
+        int(lengths[int(np.argmax(tail_ok))]) if tail_ok.any() else -1)
+    summary["mc_basic_length_all_values_positive"] = (
+        int(lengths[int(np.argmax(positive_states == S))]) if (positive_states == S).any()
+        else -1)
+    summary["mc_basic_optimal_states_by_length"] = {
+        str(L): int(optimal_states[L - 1]) for L in cfg.snapshot_lengths if L <= len(lengths)}
+    summary["mc_basic_max_abs_diff_from_dp"] = float(value_error[-1])
+    summary["mc_basic_policy_stable_at_max_length"] = bool(
+        int(sweep.policy_changes[-1, -1]) == 0)
+    return lengths, optimal_states, positive_states, value_error
+
+
+def _mc_policies_figure(world, title_values, suptitle):
+    fig, axes = _panel_grid(1, len(title_values), size=2.6)
+    for ax, (title, values, policy) in zip(axes[0], title_values, strict=False):
+        plot_gridworld(world, values, policy, ax=ax, title=title)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+@register_recipe(
+    "gridworld-mc",
+    "Monte Carlo control on the book's grid world: MC Basic vs episode length, "
+    "Exploring Starts, ε-greedy for several ε, judged by exact policy evaluation",
+    quick=GridworldMCConfig(),
+    full=GridworldMCConfig(episodes=100000, batch=100, eps_seeds=4,
+                           basic_iterations=20),
+)
+def gridworld_mc(ctx: RunContext, cfg: GridworldMCConfig) -> dict:
+    t0 = time.perf_counter()
+    world = book_5x5(r_forbidden=cfg.r_forbidden)
+    P, R = world.model()
+    opt = dp.value_iteration(P, R, cfg.gamma, tol=1e-7)
+    v_star = np.asarray(opt.values)
+    key_basic, key_es, key_eps = jax.random.split(jax.random.key(cfg.seed), 3)
+    summary: dict = {"v_star_target": float(v_star[world.target_state])}
+
+    # ---- MC Basic for every episode length 1…L: one vmapped call
+    lengths = jnp.arange(1, cfg.max_episode_length + 1)
+    sweep = jax.jit(jax.vmap(lambda L: monte_carlo.mc_basic(
+        world, L, cfg.gamma, num_iterations=cfg.basic_iterations, key=key_basic,
+        max_length=cfg.max_episode_length)))(lengths)
+
+    # ---- MC Exploring Starts (ε = 0) and MC ε-greedy (ε × seeds), both with exploring
+    # starts, in one vmapped call over rows (key, ε, memory)
+    n_es, n_eps, n_seeds = len(cfg.es_memories), len(cfg.eps_values), cfg.eps_seeds
+    row_eps = np.concatenate([np.zeros(n_es), np.repeat(cfg.eps_values, n_seeds)])
+    row_memory = np.concatenate([cfg.es_memories, np.full(n_eps * n_seeds, cfg.eps_memory)])
+    row_keys = jnp.concatenate([jnp.broadcast_to(key_es, (n_es,)),
+                                jax.random.split(key_eps, n_eps * n_seeds)])
+    control = jax.jit(jax.vmap(lambda k, e, m: monte_carlo.mc_epsilon_greedy(
+        world, k, epsilon=e, gamma=cfg.gamma, num_episodes=cfg.episodes,
+        episode_length=cfg.episode_length, episodes_per_update=cfg.batch, memory=m,
+        tail_steps=cfg.tail, exploring_starts=True)))(
+        row_keys, jnp.asarray(row_eps, P.dtype), jnp.asarray(row_memory, P.dtype))
+    es = jax.tree.map(lambda x: x[:n_es], control)
+    mc_eps = jax.tree.map(lambda x: x[n_es:], control)
+    # DP references: the best ε-greedy policies, and ε-greedy versions of π*
+    eps = jnp.asarray(cfg.eps_values, dtype=P.dtype)
+    best = [optimal_epsilon_greedy(P, R, cfg.gamma, e) for e in cfg.eps_values]
+    best_policy = np.stack([np.asarray(p) for p, _ in best])
+    best_values = np.stack([np.asarray(v) for _, v in best])
+    consistent = ((1.0 - eps[:, None, None]) * opt.policy[None]
+                  + eps[:, None, None] / world.num_actions)
+
+    # ---- true values of every policy found, by exact policy evaluation (one call)
+    groups = [sweep.policy, control.policy, consistent]
+    true_all = np.asarray(evaluate_policies(P, R, jnp.concatenate(groups), cfg.gamma))
+    basic_true, control_true, consistent_values = np.split(
+        true_all, np.cumsum([len(g) for g in groups])[:-1])
+    es_true, eps_true = control_true[:n_es], control_true[n_es:]
+
+    lengths, optimal_states, positive_states, value_error = _mc_basic_summary(
+        world, cfg, sweep, basic_true, v_star, summary)
+    for i, L in enumerate(lengths):
+        ctx.logger.write(L, {"mc_basic/optimal_states": int(optimal_states[i]),
+                             "mc_basic/positive_states": int(positive_states[i]),
+                             "mc_basic/max_value_error": float(value_error[i])})
+    ctx.save_figure(_mc_basic_figure(world, sweep, lengths, cfg.snapshot_lengths),
+                    "mc_basic_episode_length")
+    ctx.save_figure(_mc_basic_curves(lengths, optimal_states, positive_states, value_error,
+                                     world.num_states), "mc_basic_optimal_region")
+
+    panels = []
+    for i, m in enumerate(cfg.es_memories):
+        gap = np.abs(es_true[i] - v_star)
+        summary[f"mc_es_memory{_fmt(m)}_max_value_gap"] = float(gap.max())
+        summary[f"mc_es_memory{_fmt(m)}_optimal_states"] = int((gap < OPTIMAL_ATOL).sum())
+        panels.append((f"ES, memory {_fmt(m)}: true v_π", es_true[i], es.policy[i]))
+    panels.append(("optimal (value iteration)", v_star, opt.policy))
+    ctx.save_figure(_mc_policies_figure(
+        world, panels, f"MC Exploring Starts, {cfg.episodes} episodes"),
+        "mc_exploring_starts")
+
+    eps_true = eps_true.reshape(n_eps, n_seeds, -1)
+    estimates = np.asarray(mc_eps.values).reshape(n_eps, n_seeds, -1)
+    gaps, est_errors = {}, {}
+    for i, e in enumerate(cfg.eps_values):
+        gaps[_fmt(e)] = float(np.median(np.abs(eps_true[i] - best_values[i]).max(-1)))
+        est_errors[_fmt(e)] = float(np.median(np.abs(estimates[i] - eps_true[i]).max(-1)))
+    summary["mc_eps_max_value_gap_to_best_eps_greedy"] = gaps
+    summary["mc_eps_max_estimate_error"] = est_errors
+    target = world.target_state
+    summary["best_eps_greedy_value_target"] = {
+        _fmt(e): float(best_values[i, target]) for i, e in enumerate(cfg.eps_values)}
+    summary["eps_greedy_of_optimal_value_target"] = {
+        _fmt(e): float(consistent_values[i, target]) for i, e in enumerate(cfg.eps_values)}
+    mc_policies = np.asarray(mc_eps.policy).reshape(n_eps, n_seeds, *opt.policy.shape)
+    ctx.save_figure(_mc_policies_figure(
+        world, [(f"MC ε={_fmt(e)}: true v_π", eps_true[i, 0], mc_policies[i, 0])
+                for i, e in enumerate(cfg.eps_values)],
+        f"MC ε-greedy ({cfg.episodes} episodes, seed 0)"), "mc_epsilon_greedy")
+    ctx.save_figure(_mc_policies_figure(
+        world, [(f"best ε-greedy, ε={_fmt(e)}", best_values[i], best_policy[i])
+                for i, e in enumerate(cfg.eps_values)],
+        "Optimal ε-greedy policies (exact ε-greedy policy iteration)"),
+        "best_epsilon_greedy")
+    ctx.save_figure(_mc_policies_figure(
+        world, [(f"ε={_fmt(e)}", consistent_values[i], consistent[i])
+                for i, e in enumerate(cfg.eps_values)],
+        "ε-greedy versions of the optimal greedy policy"), "epsilon_consistent_values")
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+# ====================================================================== numpy references
+
+
+def numpy_sample_episodes(world: GridWorld, policy, num_episodes: int, length: int,
+                          rng: np.random.Generator, exploring_starts: bool = False):
+    """Plain numpy/Python-loop episode generator (the benchmark's reference path).
+
+    Returns:
+      ``(states, actions, rewards)`` numpy arrays ``[B, T]``.
+    """
+    next_state, reward = world.transition_table()
+    policy = np.asarray(policy, dtype=np.float64)
+    cdf = np.cumsum(policy, axis=-1)
+    S, A = policy.shape
+    states = np.zeros((num_episodes, length), np.int64)
+    actions = np.zeros((num_episodes, length), np.int64)
+    rewards = np.zeros((num_episodes, length))
+    for b in range(num_episodes):
+        uniforms = rng.random(length)
+        if exploring_starts:
+            pair = rng.integers(S * A)
+            s, first = pair // A, pair % A
+        else:
+            s, first = rng.integers(S), -1
+        for t in range(length):
+            a = first if t == 0 and first >= 0 else \
+                min(int(np.searchsorted(cdf[s], uniforms[t] * cdf[s, -1], side="right")), A - 1)
+            states[b, t], actions[b, t] = s, a
+            rewards[b, t] = reward[s, a]
+            s = next_state[s, a]
+    return states, actions, rewards
+
+
+def numpy_mc_epsilon_greedy(world: GridWorld, rng: np.random.Generator, *, epsilon: float,
+                            gamma: float, num_episodes: int, episode_length: int,
+                            episodes_per_update: int = 1, exploring_starts: bool = False):
+    """Plain numpy/Python-loop MC ε-greedy: the algorithm of
+    :func:`rl.monte_carlo.mc_epsilon_greedy` (running average, no tail), written with
+    loops over episodes and steps.
+
+    Returns:
+      ``(policy [S, A], q [S, A])``.
+    """
+    S, A = world.num_states, world.num_actions
+    policy = np.full((S, A), 1.0 / A)
+    sums = np.zeros((S, A))
+    counts = np.zeros((S, A))
+    for _ in range(num_episodes // episodes_per_update):
+        states, actions, rewards = numpy_sample_episodes(
+            world, policy, episodes_per_update, episode_length, rng, exploring_starts)
+        visited = np.zeros(S, bool)
+        for b in range(episodes_per_update):
+            g = 0.0
+            for t in range(episode_length - 1, -1, -1):
+                g = rewards[b, t] + gamma * g
+                s, a = states[b, t], actions[b, t]
+                sums[s, a] += g
+                counts[s, a] += 1
+                visited[s] = True
+        q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        for s in np.flatnonzero(visited):
+            best = q[s].max()
+            greedy = int(np.argmax(q[s] >= best - 1e-5 * max(1.0, abs(best))))
+            policy[s] = epsilon / A
+            policy[s, greedy] += 1.0 - epsilon
+    q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return policy, q
+
+
+# ====================================================================== benchmarks
+
+
+def bench_episode_generator(ctx: BenchContext, sizes: dict | None = None) -> dict:
+    """Episodes per second of the jitted, vmapped generator vs the numpy loop."""
+    sizes = sizes or ({"jax_episodes": 4096, "numpy_episodes": 100, "length": 100}
+                      if ctx.quick else
+                      {"jax_episodes": 65536, "numpy_episodes": 500, "length": 100})
+    world = book_5x5()
+    policy = jnp.full((world.num_states, world.num_actions), 1.0 / world.num_actions)
+    B, T = sizes["jax_episodes"], sizes["length"]
+    generate = jax.jit(lambda key: monte_carlo.sample_episodes(world, policy, key, B, T))
+    jax_time = time_call(generate, jax.random.key(0), warmup=2, repeats=5)
+    rng = np.random.default_rng(0)
+    n_np = sizes["numpy_episodes"]
+    np_time = time_call(numpy_sample_episodes, world, np.asarray(policy), n_np, T, rng,
+                        warmup=0, repeats=3)
+    jax_rate = jax_time.per_second(B)
+    np_rate = np_time.per_second(n_np)
+    return {
+        "episode_length": T,
+        "jax_episodes_per_call": B,
+        "jax_episodes_per_second": jax_rate,
+        "jax_steps_per_second": jax_rate * T,
+        "numpy_episodes_per_second": np_rate,
+        "speedup_vs_numpy": jax_rate / np_rate,
+    }
+
+
+def bench_mc_epsilon_greedy(ctx: BenchContext, sizes: dict | None = None) -> dict:
+    """Wall time of MC ε-greedy for a fixed number of episodes, JAX vs the numpy loop."""
+    sizes = sizes or ({"episodes": 2000, "length": 100, "batch": 100} if ctx.quick else
+                      {"episodes": 10000, "length": 100, "batch": 100})
+    world = book_5x5(r_forbidden=-10.0)
+    N, T, B = sizes["episodes"], sizes["length"], sizes["batch"]
+    kwargs = dict(epsilon=0.1, gamma=0.9, num_episodes=N, episode_length=T,
+                  episodes_per_update=B)
+    run = lambda key: monte_carlo.mc_epsilon_greedy(world, key, **kwargs)
+    jax_time = time_call(run, jax.random.key(0), warmup=1, repeats=5)
+    rng = np.random.default_rng(0)
+    np_time = time_call(lambda: numpy_mc_epsilon_greedy(world, rng, **kwargs), warmup=0,
+                        repeats=1)
+    return {
+        "episodes": N,
+        "episode_length": T,
+        "episodes_per_update": B,
+        "jax_seconds": jax_time.median,
+        "numpy_seconds": np_time.median,
+        "jax_episodes_per_second": jax_time.per_second(N),
+        "numpy_episodes_per_second": np_time.per_second(N),
+        "speedup_vs_numpy": np_time.median / jax_time.median,
+    }

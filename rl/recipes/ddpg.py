@@ -1,0 +1,324 @@
+"""DDPG/TD3 recipes (``ddpg-pendulum``, ``td3-pendulum``, ``ddpg-mountaincar``) and the
+DDPG throughput benchmark.
+
+Each recipe trains one agent per seed (8 by default) in a single vmapped, jitted
+program (``rl.ddpg.train_seeds``), with the seed axis sharded over the devices when
+there are several, a checkpoint between scan chunks (an interrupted run resumes),
+every evaluation logged per seed to ``metrics.jsonl``, and a learning-curve figure.
+The summary holds ``eval_return_mean`` (the final deterministic evaluation, averaged
+over seeds), ``eval_return_per_seed``, ``env_steps`` (per seed) and ``wall_seconds``.
+
+The benchmark (:func:`bench_ddpg_throughput`) times environment steps per second of
+the on-device training loop (updates included) for 1 and 8 vmapped seeds, the
+rollout alone, and the same agent driven from a Python loop — one jitted action, one
+jitted environment step and one jitted update per environment step, with a host-side
+numpy replay buffer (:func:`python_loop_steps`) — measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.bench import BenchContext, time_call
+from common.metrics import read_metrics, series
+from common.recipe import RunContext, register_recipe
+from rl.ddpg import DDPGConfig, ddpg_config, make_agent, seed_keys, td3_config, train_seeds
+
+PENDULUM_TARGET = -200.0      # the issue's bar for ddpg-pendulum at quick scale
+MOUNTAINCAR_SOLVED = 90.0     # Gym's "solved" threshold for MountainCarContinuous-v0
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPGRecipeConfig:
+    """A DDPG/TD3 recipe: the agent's config and how many seeds to run.
+
+    Attributes:
+      agent: the per-seed configuration (``rl.ddpg.DDPGConfig``).
+      num_seeds: independent runs, vmapped in one program.
+      seed: the first seed (seeds are ``seed .. seed + num_seeds − 1``).
+      periods_per_chunk: evaluation periods per jitted call; a checkpoint after each.
+      shard_seeds: split the seed axis over the devices when it divides evenly.
+    """
+
+    agent: DDPGConfig = DDPGConfig()
+    num_seeds: int = 8
+    seed: int = 0
+    periods_per_chunk: int = 5
+    shard_seeds: bool = True
+
+
+def random_policy_return(env, key: jax.Array, episodes: int = 16) -> float:
+    """Mean undiscounted return of uniform random actions over ``episodes`` episodes."""
+    def episode(key):
+        def body(carry, k):
+            state, total, alive = carry
+            k_a, k_s = jax.random.split(k)
+            step = env.step(k_s, state, env.random_action(k_a))
+            return (step.state, total + jnp.where(alive, step.reward, 0.0),
+                    alive & ~step.done), None
+
+        _, state = env.reset(key)
+        keys = jax.random.split(jax.random.fold_in(key, 1), env.max_steps)
+        init = (state, jnp.zeros((), jnp.float32), jnp.ones((), bool))
+        return jax.lax.scan(body, init, keys)[0][1]
+
+    returns = jax.jit(jax.vmap(episode))(jax.random.split(key, episodes))
+    return float(jnp.mean(returns))
+
+
+def _log_rows(logger, rows, seeds):
+    for row in rows:
+        evals = np.asarray(row["eval_return"], np.float64)
+        out = {"eval_return_mean": evals.mean(), "eval_return_std": evals.std(),
+               "eval_return_min": evals.min(), "eval_return_max": evals.max()}
+        out.update({f"eval_return/seed{s}": float(v) for s, v in zip(seeds, evals, strict=True)})
+        for name in ("train_return", "critic_loss", "actor_loss", "q_mean", "episodes"):
+            values = np.asarray(row[name], np.float64)
+            if np.any(np.isfinite(values)):       # NaN means "none in this period"
+                out[f"{name}_mean"] = float(np.nanmean(values))
+        logger.write(row["step"], out)
+    logger.flush()
+
+
+def plot_learning_curves(rows: list[dict], seeds, title: str, *, target: float | None = None,
+                         target_label: str = "target", random_return: float | None = None):
+    """Per-seed and mean deterministic evaluation returns, and the critic's statistics."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.0))
+    for s in seeds:
+        steps, values = series(rows, f"eval_return/seed{s}")
+        ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1)
+    steps, mean = series(rows, "eval_return_mean")
+    ax.plot(steps, mean, color="tab:blue", linewidth=2.5, label=f"mean of {len(seeds)} seeds")
+    if target is not None:
+        ax.axhline(target, color="tab:green", linestyle="--", label=f"{target_label} {target:g}")
+    if random_return is not None:
+        ax.axhline(random_return, color="tab:red", linestyle=":",
+                   label=f"random policy {random_return:.0f}")
+    ax.set_xlabel("environment steps per seed")
+    ax.set_ylabel("deterministic evaluation return")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    steps, loss = series(rows, "critic_loss_mean")
+    if steps:
+        ax2.plot(steps, loss, color="tab:orange", label="critic TD loss")
+        ax2.set_yscale("log")
+    ax2.set_xlabel("environment steps per seed")
+    ax2.set_ylabel("critic loss (mean over seeds)", color="tab:orange")
+    ax3 = ax2.twinx()
+    steps, q = series(rows, "q_mean_mean")
+    if steps:
+        ax3.plot(steps, q, color="tab:purple", label="mean Q(s, a) on replay batches")
+    ax3.set_ylabel("mean Q", color="tab:purple")
+    ax2.set_title("critic")
+    fig.tight_layout()
+    return fig
+
+
+def _mesh_for(num_seeds: int, shard: bool):
+    from common.sharding import make_mesh
+
+    devices = jax.device_count()
+    if not shard or devices == 1:
+        return None
+    usable = max(d for d in range(1, devices + 1) if num_seeds % d == 0)
+    return make_mesh(data=usable) if usable > 1 else None
+
+
+def run_ddpg_recipe(ctx: RunContext, cfg: DDPGRecipeConfig, title: str) -> tuple[dict, list]:
+    """Train, log, plot; returns the common summary and the metrics rows."""
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
+    mesh = _mesh_for(cfg.num_seeds, cfg.shard_seeds)
+    result = train_seeds(cfg.agent, seeds, mesh=mesh, checkpointer=ctx.checkpointer(),
+                         periods_per_chunk=cfg.periods_per_chunk,
+                         on_chunk=lambda rows: _log_rows(ctx.logger, rows, seeds),
+                         progress=ctx.progress)
+    env = make_agent(cfg.agent).env
+    random_return = random_policy_return(env, jax.random.key(cfg.seed + 12345))
+    rows = read_metrics(ctx.logger.path)
+    per_seed = [float(v) for v in np.asarray(result.final_eval_returns)]
+    total_steps = cfg.agent.total_steps
+    summary = {
+        "eval_return_mean": float(np.mean(per_seed)),
+        "eval_return_std": float(np.std(per_seed)),
+        "eval_return_per_seed": per_seed,
+        "env_steps": total_steps,
+        "num_seeds": cfg.num_seeds,
+        "wall_seconds": result.wall_seconds,
+        "env_steps_per_second": (total_steps - result.start_step) * cfg.num_seeds
+        / result.wall_seconds,
+        "random_policy_return": random_return,
+        "devices_used": 1 if mesh is None else int(mesh.shape["data"]),
+    }
+    return summary, rows
+
+
+_PENDULUM_QUICK = ddpg_config()
+_PENDULUM_FULL = ddpg_config(total_steps=50_000, buffer_size=50_000, actor_hidden=(256, 256),
+                             critic_hidden=(256, 256), batch_size=256, eval_every=2_500)
+
+
+@register_recipe(
+    "ddpg-pendulum",
+    "DDPG on gymnax Pendulum-v1, 8 vmapped seeds trained on device (target: mean eval >= -200)",
+    quick=DDPGRecipeConfig(agent=_PENDULUM_QUICK),
+    full=DDPGRecipeConfig(agent=_PENDULUM_FULL, periods_per_chunk=4),
+)
+def ddpg_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
+    summary, rows = run_ddpg_recipe(ctx, cfg, "DDPG on Pendulum-v1")
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
+    ctx.save_figure(plot_learning_curves(rows, seeds, "DDPG on Pendulum-v1",
+                                         target=PENDULUM_TARGET,
+                                         random_return=summary["random_policy_return"]),
+                    "learning_curve")
+    summary["target"] = PENDULUM_TARGET
+    summary["target_reached"] = bool(summary["eval_return_mean"] >= PENDULUM_TARGET)
+    return summary
+
+
+@register_recipe(
+    "td3-pendulum",
+    "TD3 (twin critics, target smoothing, delayed actor) on gymnax Pendulum-v1, 8 seeds",
+    quick=DDPGRecipeConfig(agent=td3_config()),
+    full=DDPGRecipeConfig(agent=dataclasses.replace(
+        _PENDULUM_FULL, num_critics=2, target_noise=0.2, target_noise_clip=0.5, policy_delay=2),
+        periods_per_chunk=4),
+)
+def td3_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
+    summary, rows = run_ddpg_recipe(ctx, cfg, "TD3 on Pendulum-v1")
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
+    ctx.save_figure(plot_learning_curves(rows, seeds, "TD3 on Pendulum-v1",
+                                         target=PENDULUM_TARGET,
+                                         random_return=summary["random_policy_return"]),
+                    "learning_curve")
+    return summary
+
+
+_MOUNTAINCAR = ddpg_config(env="MountainCarContinuous-v0", total_steps=30_000,
+                           buffer_size=30_000, gamma=0.99, exploration="ou",
+                           exploration_std=0.5, eval_every=2_500, eval_episodes=5)
+
+
+@register_recipe(
+    "ddpg-mountaincar",
+    "DDPG with Ornstein-Uhlenbeck exploration on gymnax MountainCarContinuous-v0, 8 seeds "
+    "(sparse reward: reports how many seeds reach the goal)",
+    quick=DDPGRecipeConfig(agent=_MOUNTAINCAR, periods_per_chunk=4),
+    full=DDPGRecipeConfig(agent=dataclasses.replace(_MOUNTAINCAR, total_steps=100_000,
+                                                    buffer_size=100_000, eval_every=5_000,
+                                                    eval_episodes=10), periods_per_chunk=4),
+)
+def ddpg_mountaincar(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
+    summary, rows = run_ddpg_recipe(ctx, cfg, "DDPG on MountainCarContinuous-v0")
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
+    ctx.save_figure(plot_learning_curves(rows, seeds, "DDPG (OU noise) on "
+                                         "MountainCarContinuous-v0", target=MOUNTAINCAR_SOLVED,
+                                         target_label="solved",
+                                         random_return=summary["random_policy_return"]),
+                    "learning_curve")
+    per_seed = np.asarray(summary["eval_return_per_seed"])
+    summary["solved_threshold"] = MOUNTAINCAR_SOLVED
+    summary["seeds_solved"] = int(np.sum(per_seed >= MOUNTAINCAR_SOLVED))
+    summary["seeds_reaching_goal"] = int(np.sum(per_seed > 50.0))   # the +100 goal bonus
+    return summary
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def python_loop_steps(agent, state, first_step: int, num_steps: int, seed: int = 0):
+    """The reference path: the same agent driven from a Python loop.
+
+    Per environment step: one jitted exploration action, one jitted environment step,
+    the transition copied to a host-side numpy ring buffer, a batch drawn there with
+    numpy and one jitted update. ``state`` is one seed's ``DDPGState`` whose buffer
+    seeds the numpy buffer. Returns the learner after ``num_steps`` steps.
+    """
+    cfg = agent.config
+    act = _jitted(agent, "act", lambda: jax.jit(agent.explore))
+    env_step = _jitted(agent, "env", lambda: jax.jit(agent.env.step))
+    update = _jitted(agent, "update", lambda: jax.jit(agent.update))
+    storage = {k: np.array(v) for k, v in jax.device_get(state.buffer.storage).items()}
+    position, size = int(state.buffer.position), int(state.buffer.size)
+    capacity = state.buffer.capacity
+    rng = np.random.default_rng(seed)
+    episode_length = int(state.episode_length)
+    for t in range(first_step, first_step + num_steps):
+        k_act, k_env, k_update = jax.random.split(jax.random.fold_in(state.key, t), 3)
+        action, noise = act(state, k_act, t)
+        step = env_step(k_env, state.env_state, action)
+        transition = jax.device_get({"obs": state.obs, "action": action, "reward": step.reward,
+                                     "next_obs": step.next_obs, "discount": step.discount})
+        for k, v in transition.items():
+            storage[k][position] = v
+        position, size = (position + 1) % capacity, min(size + 1, capacity)
+        idx = rng.integers(0, size, cfg.batch_size)
+        batch = {k: v[idx] for k, v in storage.items()}
+        learner, _ = update(state.learner, batch, k_update, t - cfg.learning_starts)
+        episode_length = 0 if bool(step.done) else episode_length + 1
+        state = state.replace(learner=learner, env_state=step.state, obs=step.obs, noise=noise,
+                              episode_length=np.int32(episode_length))
+    return state.learner
+
+
+def _jitted(agent, name, build):
+    cache = agent.__dict__.setdefault("_bench_jits", {})
+    if name not in cache:
+        cache[name] = build()
+    return cache[name]
+
+
+def _update_flops(cfg: DDPGConfig, obs_dim: int, action_dim: int) -> float:
+    """Approximate matmul flops of one update (2 flops per multiply-add, backward = 2×)."""
+    def macs(sizes):
+        return sum(a * b for a, b in itertools.pairwise(sizes))
+
+    actor = macs([obs_dim, *cfg.actor_hidden, action_dim])
+    critic = macs([obs_dim + action_dim, *cfg.critic_hidden, 1])
+    c = cfg.num_critics
+    per_sample = (actor + c * critic          # target actor and target critics (forward)
+                  + 3 * c * critic            # critic step (forward + backward)
+                  + 3 * (actor + critic) / cfg.policy_delay)  # actor step through Q_1
+    return 2.0 * cfg.batch_size * per_sample
+
+
+def bench_ddpg_throughput(ctx: BenchContext) -> dict:
+    """Env steps/s of on-device DDPG (1 and 8 seeds), rollout only, and a Python loop."""
+    steps = 500 if ctx.quick else 5_000
+    py_steps = 150 if ctx.quick else 1_000
+    cfg = ddpg_config(learning_starts=500, buffer_size=20_000)
+    agent = make_agent(cfg)
+    run = jax.jit(jax.vmap(agent.run_steps, in_axes=(0, None, None, None)),
+                  static_argnums=(2, 3))
+    init = jax.jit(jax.vmap(agent.init))
+    out = {"env": cfg.env, "steps_per_call": steps, "batch_size": cfg.batch_size,
+           "hidden": list(cfg.critic_hidden)}
+    t0 = jnp.int32(cfg.learning_starts)
+    state8 = init(seed_keys(range(8)))
+    state8, _ = run(state8, jnp.int32(0), cfg.learning_starts, False)   # fill the buffers
+    rollout = time_call(lambda s: run(s, t0, steps, False)[0].buffer, state8, warmup=0,
+                        repeats=3)
+    out["rollout_steps_per_second_8_seeds"] = rollout.per_second(steps * 8)
+    warm = {8: state8, 1: jax.tree.map(lambda x: x[:1], state8)}
+    for seeds in (1, 8):
+        train = time_call(lambda s: run(s, t0, steps, True)[0].learner, warm[seeds], warmup=1,
+                          repeats=3)
+        out[f"train_steps_per_second_{seeds}_seeds"] = train.per_second(steps * seeds)
+    one = jax.tree.map(lambda x: x[0], state8)
+    loop = time_call(lambda: python_loop_steps(agent, one, cfg.learning_starts, py_steps),
+                     warmup=1, repeats=3)
+    py_sps = loop.per_second(py_steps)
+    out["python_loop_steps_per_second"] = py_sps
+    out["speedup_1_seed_vs_python_loop"] = out["train_steps_per_second_1_seeds"] / py_sps
+    out["speedup_8_seeds_vs_python_loop"] = out["train_steps_per_second_8_seeds"] / py_sps
+    flops = _update_flops(cfg, agent.env.obs_dim, agent.env.action_dim)
+    gflops = flops * out["train_steps_per_second_8_seeds"] / 1e9
+    out["update_gflops_8_seeds"] = gflops
+    out["fraction_of_matmul_ceiling"] = ctx.fraction_of_ceiling(gflops)
+    return out

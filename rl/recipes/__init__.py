@@ -2,4 +2,5 @@
 recipe module below)."""
 
 import rl.recipes.ddpg  # noqa: F401
+from rl.recipes import dpo_frontier as _dpo_frontier  # noqa: F401
 from rl.recipes import gridworld, stochastic_approximation  # noqa: F401

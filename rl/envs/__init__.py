@@ -1,4 +1,5 @@
-"""Environments for tabular reinforcement learning."""
+"""Environments: the book's grid world (re-exported here) and gymnax continuous-control
+environments behind one interface (`rl.envs.gymnax_env`)."""
 
 from rl.envs.gridworld import (
     ACTION_DELTAS,

@@ -28,8 +28,10 @@ from pathlib import Path
 # Modules registered when the package metadata is unavailable (running from a source
 # tree without installing); an installed jaxatlas uses its entry points instead.
 _FALLBACK_MODULES = {
-    "jaxatlas.recipes": ("common.recipes", "rl.recipes", "generative.recipes"),
-    "jaxatlas.benchmarks": ("common.benchmarks", "rl.benchmarks", "generative.benchmarks"),
+    "jaxatlas.recipes": ("common.recipes", "rl.recipes", "generative.recipes",
+                         "vision.recipes"),
+    "jaxatlas.benchmarks": ("common.benchmarks", "rl.benchmarks", "generative.benchmarks",
+                            "vision.benchmarks"),
 }
 
 

@@ -65,6 +65,30 @@ def time_call(fn: Callable, *args, warmup: int = 2, repeats: int = 7,
     return Timing(statistics.median(times), min(times), tuple(times))
 
 
+def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 7,
+                     warmup: int = 2) -> dict[str, Timing]:
+    """Time several zero-argument calls in alternation, one call of each per round.
+
+    Comparing two paths this way lets drifting machine load (other processes, thermal
+    limits) fall on both alike, so their ratio stays honest on a shared machine.
+
+    Returns:
+      ``{name: Timing}`` with the median and minimum over ``rounds``.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for call in calls.values():
+        for _ in range(warmup):
+            jax.block_until_ready(call())
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(statistics.median(t), min(t), tuple(t)) for name, t in times.items()}
+
+
 def matmul_ceiling(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
     """Measured GFLOP/s of a jitted ``[n, n] @ [n, n]`` matmul (2 n³ flops) on the
     default device: the practical compute ceiling benchmarks are compared with."""

@@ -5,7 +5,7 @@
   ``optax.assignment.hungarian_algorithm`` (vmapped), by a Python loop over
   ``scipy.optimize.linear_sum_assignment`` on host arrays, and by the jitted host
   callback (``jax.pure_callback`` to scipy); ratios against scipy and optax from the
-  same run.
+  same run, the paths timed in alternation so that load drift biases none.
 * ``detr-train-step``: one DETR training step of the ``detr-shapes`` quick config
   (forward, set criterion with in-jit matching at every decoder layer, backward,
   AdamW), its GFLOP/s from XLA's cost analysis and the fraction of the matmul
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.bench import BenchContext, benchmark, time_call
+from common.bench import BenchContext, benchmark, time_interleaved
 
 
 @benchmark("detr-matching", "64 matchings of 100x20 costs: in-jit JV vs optax.assignment "
@@ -50,10 +50,10 @@ def bench_matching(ctx: BenchContext) -> dict:
         r, c = scipy_lsa(costs_np[b])
         if not (np.array_equal(np.asarray(rows[b]), r) and np.array_equal(np.asarray(cols[b]), c)):
             raise AssertionError(f"jv and scipy disagree on problem {b}")
-    t_jv = time_call(jv, costs, repeats=repeats, warmup=2)
-    t_optax = time_call(opt, costs, repeats=repeats, warmup=2)
-    t_scipy = time_call(scipy_loop, costs_np, repeats=repeats, warmup=1)
-    t_host = time_call(host, costs, repeats=repeats, warmup=2)
+    timings = time_interleaved({"jv": lambda: jv(costs), "optax": lambda: opt(costs),
+                            "scipy": lambda: scipy_loop(costs_np), "host": lambda: host(costs)},
+                           repeats)
+    t_jv, t_optax, t_scipy, t_host = (timings[k] for k in ("jv", "optax", "scipy", "host"))
     return {
         "problems": batch,
         "shape": f"{queries}x{targets}",
@@ -92,20 +92,19 @@ def bench_train_step(ctx: BenchContext) -> dict:
     cfg = DetrShapesConfig()
     if not ctx.quick:
         cfg = dataclasses.replace(cfg, batch_size=64)
-    repeats = 5 if ctx.quick else 20
+    repeats = 7 if ctx.quick else 25
     data = generate_shapes(256, seed=0)
     arrays = {k: jnp.asarray(v) for k, v in data.as_arrays().items()}
     batch = jax.jit(make_batch_fn(cfg))(arrays, jax.random.key(1))
     results = {"batch_size": cfg.batch_size, "queries": cfg.model.num_queries,
                "decoder_layers": cfg.model.num_decoder_layers}
-    times = {}
-    for matcher in ("jv", "scipy"):
-        state, step = _train_step(cfg, matcher)
-        times[matcher] = time_call(step, state, batch, repeats=repeats, warmup=2)
-        if matcher == "jv":
-            cost = step.lower(state, batch).compile().cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            flops = float(cost.get("flops", float("nan")))
+    steps = {matcher: _train_step(cfg, matcher) for matcher in ("jv", "scipy")}
+    times = time_interleaved({m: (lambda s=s, f=f: f(s, batch)) for m, (s, f) in steps.items()},
+                         repeats)
+    state, step = steps["jv"]
+    cost = step.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
     gflops = flops / times["jv"].median / 1e9
     results.update({
         "step_ms_in_jit_matching": 1e3 * times["jv"].median,

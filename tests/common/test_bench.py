@@ -5,7 +5,14 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from common.bench import BENCHMARKS, benchmark, matmul_ceiling, run_benchmarks, time_call
+from common.bench import (
+    BENCHMARKS,
+    benchmark,
+    matmul_ceiling,
+    run_benchmarks,
+    time_call,
+    time_interleaved,
+)
 from common.registry import UnknownNameError
 
 
@@ -17,6 +24,16 @@ def test_time_call_warms_up_then_repeats():
     assert timing.per_second(10) == pytest.approx(10 / timing.median)
     with pytest.raises(ValueError, match="repeats"):
         time_call(lambda: None, repeats=0)
+
+
+def test_time_interleaved_alternates_the_calls():
+    order = []
+    timings = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                               rounds=3, warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert set(timings) == {"a", "b"} and len(timings["a"].times) == 3
+    with pytest.raises(ValueError, match="rounds"):
+        time_interleaved({"a": lambda: None}, rounds=0)
 
 
 def test_matmul_ceiling_is_a_plausible_rate():

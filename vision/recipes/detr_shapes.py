@@ -10,6 +10,11 @@ validation images and the learning curve.
 
 Randomness: the training and validation splits come from ``seed`` and ``seed + 1``;
 batches, flips and dropout from ``fold_in(key, step)`` (see ``common.train``).
+
+Measured on a shared 2-core CPU: the quick config (3000 steps of batch 32, 12
+queries, d_model 64) takes 4–6.5 minutes and reaches AP 0.32, AP50 0.62, AP75 0.31
+on the 500 validation images (AP 0.26 in a run under heavier load during tuning).
+The full config (20 000 images, 30 000 steps) is sized for an accelerator.
 """
 
 from __future__ import annotations

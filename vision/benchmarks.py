@@ -51,8 +51,8 @@ def bench_matching(ctx: BenchContext) -> dict:
         if not (np.array_equal(np.asarray(rows[b]), r) and np.array_equal(np.asarray(cols[b]), c)):
             raise AssertionError(f"jv and scipy disagree on problem {b}")
     timings = time_interleaved({"jv": lambda: jv(costs), "optax": lambda: opt(costs),
-                            "scipy": lambda: scipy_loop(costs_np), "host": lambda: host(costs)},
-                           repeats)
+                                "scipy": lambda: scipy_loop(costs_np),
+                                "host": lambda: host(costs)}, repeats)
     t_jv, t_optax, t_scipy, t_host = (timings[k] for k in ("jv", "optax", "scipy", "host"))
     return {
         "problems": batch,
@@ -100,7 +100,7 @@ def bench_train_step(ctx: BenchContext) -> dict:
                "decoder_layers": cfg.model.num_decoder_layers}
     steps = {matcher: _train_step(cfg, matcher) for matcher in ("jv", "scipy")}
     times = time_interleaved({m: (lambda s=s, f=f: f(s, batch)) for m, (s, f) in steps.items()},
-                         repeats)
+                             repeats)
     state, step = steps["jv"]
     cost = step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -37,7 +37,7 @@ def bench_train_loop(ctx: BenchContext) -> dict:
     train = {"x": jnp.asarray(data["x_train"]), "y": jnp.asarray(data["y_train"])}
     tx = build_optimizer(dataclasses.replace(cfg.optim, total_steps=10**6))
     state0 = TrainState.create(make_model(cfg, jax.random.key(0)), tx, jax.random.key(1))
-    loss_fn = make_loss_fn(state0.graphdef, state0.rest)
+    loss_fn = make_loss_fn(state0.graphdef)
     batch_fn = jax.jit(lambda d, k: sample_batch(d, k, cfg.batch_size))
 
     chunk = make_train_chunk(train_step_fn(loss_fn, tx), lambda d, k: sample_batch(

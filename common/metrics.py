@@ -51,7 +51,8 @@ class MetricsWriter:
         self._file.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for name, value in metrics.items():
-                self._tb.add_scalar(name, float(value), int(step))
+                if math.isfinite(float(value)):  # NaN means "none this step" (JSONL keeps it)
+                    self._tb.add_scalar(name, float(value), int(step))
 
     def flush(self) -> None:
         self._file.flush()

@@ -175,6 +175,59 @@ def parse_set_args(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+# ----------------------------------------------------------------------------- helpers
+
+
+def default_total_steps(optim, steps: int):
+    """``optim`` (an ``OptimConfig``) with ``total_steps`` set to the run's ``steps``
+    when it is None, so decaying schedules end with the run."""
+    if optim.total_steps is None:
+        return dataclasses.replace(optim, total_steps=int(steps))
+    return optim
+
+
+class PrefixedLogger:
+    """A metrics writer that prefixes every name (several trained stages, one run folder).
+
+    Example:
+        >>> sft_logger = PrefixedLogger(ctx.logger, "sft/")    # writes "sft/loss", ...
+    """
+
+    def __init__(self, logger, prefix: str):
+        self.logger, self.prefix = logger, prefix
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.logger.write(step, {self.prefix + k: v for k, v in metrics.items()})
+
+    def flush(self) -> None:
+        self.logger.flush()
+
+
+def smoothed(values, points: int = 50):
+    """A moving average of ``values [N]`` over ``max(1, N // points)`` entries.
+
+    Returns ``(offset, smooth)``: ``smooth [N − window + 1]`` belongs to the inputs
+    from index ``offset = window − 1`` on.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    window = max(1, len(values) // points)
+    return window - 1, np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_smoothed(ax, history, key: str = "loss", *, points: int = 50, **plot_kwargs) -> bool:
+    """Plot the moving average of metric ``key`` from ``fit``'s ``history`` (a list of
+    ``(step, metrics)``) on ``ax``; returns False when the history has no such metric."""
+    rows = [(s, m[key]) for s, m in history if key in m]
+    if not rows:
+        return False
+    steps, values = zip(*rows, strict=True)
+    offset, smooth = smoothed(values, points)
+    ax.plot(steps[offset:], smooth, **plot_kwargs)
+    return True
+
+
 # ----------------------------------------------------------------------------- runs
 
 

@@ -67,6 +67,13 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name`` without decorator syntax."""
         return self.register(name, overwrite=overwrite)(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove the entry called ``name`` and return it (tests and plugins that register
+        for a limited time); raises ``UnknownNameError`` listing valid names if absent."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
     def get(self, name: str) -> T:
         """The entry called ``name``; raises ``UnknownNameError`` listing valid names."""
         try:

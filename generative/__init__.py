@@ -4,7 +4,8 @@ predictor-corrector and probability-flow samplers, exact likelihood.
 Modules (pure functions at the bottom, models above, recipes on top):
 
 * :mod:`generative.sde` — ``VPSDE``, ``subVPSDE``, ``VESDE`` (registry ``SDES``) with
-  score_sde's interface; ``make_score_fn`` turns a noise predictor into a score.
+  score_sde's interface, each owning its discretisation and (VP, VE) its ancestral
+  step; ``make_score_fn`` turns a noise predictor into a score.
 * :mod:`generative.losses` — continuous SDE loss, SMLD (NCSN), DDPM, denoising and
   sliced score matching.
 * :mod:`generative.sampling` — Langevin and annealed Langevin dynamics, registered
@@ -16,6 +17,8 @@ Modules (pure functions at the bottom, models above, recipes on top):
   divergence), bits/dim with uniform dequantisation.
 * :mod:`generative.metrics` — sliced Wasserstein distance and MMD.
 * :mod:`generative.models` — score networks (``SCORE_NETS``: ``mlp``, ``unet``).
+* :mod:`generative.checks` — the package's own argument checks (``x [B, ...]``,
+  ``t [B]`` in ``[0, 1]``); generic ones come from :mod:`common.checks`.
 * :mod:`generative.data` — 2-D toys, Gaussian mixtures with exact scores, digits and
   Fashion-MNIST loaders.
 * :mod:`generative.recipes` — ``ncsn-toy``, ``sde-2d``, ``sde-digits``;

@@ -32,9 +32,9 @@ from common.train import TrainState, make_train_chunk, train_step_fn
 from generative.data import eight_gaussians, mixture_score_fn
 from generative.metrics import mmd_rbf
 from generative.models import init_score_net
-from generative.recipes._common import net_apply, score_fn_of, sde_loss_factory
 from generative.sampling import ode_sampler, pc_sampler
 from generative.sde import VESDE, VPSDE
+from generative.training import net_apply, score_fn_of, sde_loss_factory
 
 
 def _flops(lowered) -> float:
@@ -53,8 +53,7 @@ def _train_throughput(ctx: BenchContext, name: str, model, data, batch: int, chu
     sde = VPSDE()
     tx = build_optimizer(OptimConfig(name="adam", learning_rate=1e-3))
     state = TrainState.create(model, tx, jax.random.key(1))
-    step = train_step_fn(sde_loss_factory(sde, data_std=data_std)(state.graphdef, state.rest),
-                         tx)
+    step = train_step_fn(sde_loss_factory(sde, data_std=data_std)(state.graphdef), tx)
     batch_fn = lambda d, k: sample_batch(d, k, batch)
     chunk_fn = make_train_chunk(step, batch_fn, chunk, donate=False)
     single = jax.jit(step)

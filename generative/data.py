@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import shape_str
 from common.registry import Registry
-from generative._checks import shape_str
 
 __all__ = [
     "FASHION_MNIST_DIR",

@@ -34,7 +34,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from generative._checks import check_positive, shape_str
+from common.checks import check_int, check_positive, shape_str
+from generative.checks import check_batch
 from generative.ode import odeint_rk45
 from generative.sde import SDE
 
@@ -116,10 +117,7 @@ def log_likelihood(key: jax.Array, score_fn: Callable, sde: SDE, x: jax.Array, *
 
     Paper: Song et al. 2021, appendix D.2, eq. (39)–(40).
     """
-    if jnp.ndim(x) < 1:
-        raise ValueError("x must be batch-first with shape [B, ...], got a scalar")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise ValueError(f"x must be a floating array, got dtype {jnp.result_type(x)}")
+    check_batch(x)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
     if not 0.0 <= eps < sde.T:
@@ -161,8 +159,7 @@ def uniform_dequantize(key: jax.Array, x: jax.Array, n_bins: int = 256) -> jax.A
     Example:
         >>> uniform_dequantize(key, jnp.array([[0, 255]]))   # in [0, 1/256) and [255/256, 1)
     """
-    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+    check_int(n_bins, "n_bins", minimum=2)
     dtype = jnp.result_type(float)
     u = jax.random.uniform(key, jnp.shape(x), dtype)
     return (jnp.asarray(x, dtype) + u) / n_bins
@@ -191,12 +188,10 @@ def bits_per_dim(logp: jax.Array, num_dims: int, *, n_bins: int | None = None,
 
     Paper: Theis et al. 2016, section 3.1; Song et al. 2021, appendix D.2.
     """
-    if isinstance(num_dims, bool) or int(num_dims) != num_dims or num_dims < 1:
-        raise ValueError(f"num_dims must be an integer >= 1, got {num_dims!r}")
+    check_int(num_dims, "num_dims")
     check_positive(data_scale, "data_scale")
     nats = -logp - num_dims * math.log(data_scale)
     if n_bins is not None:
-        if int(n_bins) != n_bins or n_bins < 2:
-            raise ValueError(f"n_bins must be an integer >= 2 or None, got {n_bins!r}")
+        check_int(n_bins, "n_bins", minimum=2)
         nats = nats + num_dims * math.log(n_bins)
     return nats / (num_dims * math.log(2.0))

@@ -25,9 +25,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from generative._checks import check_positive, per_sample, shape_str
-from generative.sde import SDE, VPSDE
+from common.checks import check_int, check_positive, per_sample, shape_str
+from generative.checks import check_batch
+from generative.sde import SDE
 
 __all__ = [
     "ddpm_loss",
@@ -36,13 +38,6 @@ __all__ = [
     "sliced_score_matching_loss",
     "smld_loss",
 ]
-
-
-def _check_batch(x, name="x"):
-    if jnp.ndim(x) < 1:
-        raise ValueError(f"{name} must be batch-first with shape [B, ...], got a scalar")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise ValueError(f"{name} must be a floating array, got dtype {jnp.result_type(x)}")
 
 
 def _check_out(out, x, what):
@@ -90,7 +85,7 @@ def sde_loss(score_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
 
     Paper: Song et al. 2021, eq. (7).
     """
-    _check_batch(x)
+    check_batch(x)
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
     t_key, z_key = jax.random.split(key)
@@ -135,7 +130,7 @@ def smld_loss(score_fn: Callable, sigmas: jax.Array, x: jax.Array, key: jax.Arra
 
     Paper: Song & Ermon 2019, eq. (5)–(6).
     """
-    _check_batch(x)
+    check_batch(x)
     sigmas = jnp.asarray(sigmas, x.dtype)
     if sigmas.ndim != 1 or sigmas.shape[0] < 1:
         raise ValueError(f"sigmas must have shape [L] with L >= 1, got "
@@ -152,17 +147,36 @@ def smld_loss(score_fn: Callable, sigmas: jax.Array, x: jax.Array, key: jax.Arra
     return jnp.mean(_reduce(jnp.square(score - target), reduce_mean) * sigma**2)
 
 
-def ddpm_loss(eps_fn: Callable, sde: VPSDE, x: jax.Array, key: jax.Array, *,
+def _ddpm_alphas_cumprod(sde) -> np.ndarray:
+    """``sde.alphas_cumprod`` checked against :func:`ddpm_loss`'s contract."""
+    abar = getattr(sde, "alphas_cumprod", None)
+    if abar is None:
+        raise ValueError(f"ddpm_loss needs a VPSDE-type SDE whose discrete chain is DDPM's "
+                         f"(an alphas_cumprod attribute of shape [N]); "
+                         f"{type(sde).__name__} has none")
+    abar = np.asarray(abar, np.float64)
+    if abar.shape != (sde.N,) or not np.all((abar > 0) & (abar <= 1)):
+        raise ValueError(f"{type(sde).__name__}.alphas_cumprod must have shape [N] = "
+                         f"({sde.N}) with values in (0, 1], got shape {shape_str(abar.shape)}")
+    return abar
+
+
+def ddpm_loss(eps_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
               reduce_mean: bool = True) -> jax.Array:
-    """DDPM's simplified loss: predict the noise of the discrete VP chain.
+    """DDPM's simplified loss: predict the noise of a variance-preserving discrete chain.
 
     ``i ~ U{0, …, N−1}``, ``z ~ N(0, I)``, ``x_i = √ᾱ_i x + √(1 − ᾱ_i) z``; per sample
     ``R ‖ε̂(x_i, t_i) − z‖²`` with the network conditioned on ``t_i = i / (N − 1)``
     (the time whose ``sde.timestep`` is ``i``). Draws: ``i_key, z_key = split(key)``.
 
+    Contract: ``sde`` provides ``N`` and ``alphas_cumprod``, the ``[N]`` values
+    ``ᾱ_i ∈ (0, 1]`` such that step ``i`` of its chain from ``x_0`` is
+    ``N(√ᾱ_i x_0, (1 − ᾱ_i) I)`` (VPSDE and its subclasses; a new SDE opts in by
+    defining the attribute). Others (VE, sub-VP) are refused with a ``ValueError``.
+
     Args:
       eps_fn: noise prediction ``eps_fn(x [B, ...], t [B]) -> [B, ...]``.
-      sde: a :class:`~generative.sde.VPSDE` (its ``alphas_cumprod``).
+      sde: an SDE with ``alphas_cumprod`` (e.g. :class:`~generative.sde.VPSDE`).
       x: ``[B, ...]`` clean data.
       key: PRNG key.
       reduce_mean: mean (True) or half-sum (False) over data dimensions.
@@ -175,15 +189,14 @@ def ddpm_loss(eps_fn: Callable, sde: VPSDE, x: jax.Array, key: jax.Array, *,
 
     Paper: Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", eq. (14).
     """
-    _check_batch(x)
-    if not isinstance(sde, VPSDE):
-        raise ValueError(f"ddpm_loss needs a VPSDE (the DDPM chain), got {type(sde).__name__}")
+    check_batch(x)
+    abar = _ddpm_alphas_cumprod(sde)
     i_key, z_key = jax.random.split(key)
     B = x.shape[0]
     idx = jax.random.randint(i_key, (B,), 0, sde.N)
     z = jax.random.normal(z_key, x.shape, x.dtype)
-    a = jnp.asarray(sde.sqrt_alphas_cumprod, x.dtype)[idx]
-    b = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[idx]
+    a = jnp.asarray(np.sqrt(abar), x.dtype)[idx]
+    b = jnp.asarray(np.sqrt(1.0 - abar), x.dtype)[idx]
     perturbed = per_sample(a, x) * x + per_sample(b, x) * z
     t = idx.astype(x.dtype) / max(sde.N - 1, 1)
     out = eps_fn(perturbed, t)
@@ -213,7 +226,7 @@ def denoising_score_matching_loss(score_fn: Callable, x: jax.Array, key: jax.Arr
 
     Paper: Vincent 2011, eq. (7).
     """
-    _check_batch(x)
+    check_batch(x)
     check_positive(sigma, "sigma")
     z = jax.random.normal(key, x.shape, x.dtype)
     perturbed = x + sigma * z
@@ -254,10 +267,8 @@ def sliced_score_matching_loss(score_fn: Callable, x: jax.Array, key: jax.Array,
 
     Paper: Song, Garg, Shi & Ermon 2019, eq. (7) and (8).
     """
-    _check_batch(x)
-    if isinstance(n_projections, bool) or int(n_projections) != n_projections \
-            or n_projections < 1:
-        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
+    check_batch(x)
+    check_int(n_projections, "n_projections")
     shape = (int(n_projections), *x.shape)
     if projection == "rademacher":
         v = jax.random.rademacher(key, shape, x.dtype)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from generative._checks import check_positive, shape_str
+from common.checks import check_positive, shape_str
 
 __all__ = ["mmd_rbf", "sliced_wasserstein"]
 

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from common.checks import check_int
+
 __all__ = ["ODEStats", "odeint_rk45"]
 
 # Dormand–Prince 5(4) tableau, as dense [7, 7] / [7] arrays (row i: stage i's weights).
@@ -103,8 +105,7 @@ def odeint_rk45(f: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: floa
     """
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
-    if int(max_steps) < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    check_int(max_steps, "max_steps")
     flat0, unravel = ravel_pytree(y0)
     if not jnp.issubdtype(flat0.dtype, jnp.floating):
         raise ValueError(f"y0 must hold floating arrays, got dtype {flat0.dtype}")

@@ -8,6 +8,9 @@ and the probability-flow ODE, plus NCSN noise-schedule helpers.
   ``ancestral_sampling``, ``none``) and correctors (``CORRECTORS``: ``langevin``,
   ``ald``, ``none``) are registered classes with ``update(key, x, t) -> (x, x_mean)``
   and score_sde's semantics; :func:`pc_sampler` alternates them in one ``lax.scan``.
+  A new entry is a subclass registered by name (``@PREDICTORS.register("heun")``):
+  ``pc_sampler`` picks it by that name, and the shared predictor/corrector suite of
+  ``tests/generative/test_sampling.py`` runs on it.
 * :func:`ode_sampler` integrates the probability-flow ODE with the adaptive RK45 of
   :mod:`generative.ode`, inside jit.
 * :func:`geometric_sigmas`, :func:`max_pairwise_distance` and
@@ -33,10 +36,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from common.checks import check_int, check_positive, per_sample, shape_str
 from common.registry import Registry
-from generative._checks import check_positive, per_sample, shape_str
+from generative.checks import check_batch
 from generative.ode import odeint_rk45
-from generative.sde import SDE, VESDE, VPSDE
+from generative.sde import SDE
 
 __all__ = [
     "CORRECTORS",
@@ -61,18 +65,6 @@ __all__ = [
 
 PREDICTORS: Registry[type] = Registry("predictor")
 CORRECTORS: Registry[type] = Registry("corrector")
-
-
-def _check_x(x, name="x"):
-    if jnp.ndim(x) < 1:
-        raise ValueError(f"{name} must be batch-first with shape [B, ...], got a scalar")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise ValueError(f"{name} must be a floating array, got dtype {jnp.result_type(x)}")
-
-
-def _check_steps(n, name):
-    if isinstance(n, bool) or int(n) != n or n < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {n!r}")
 
 
 def _norms(v):
@@ -106,9 +98,9 @@ def langevin_dynamics(key: jax.Array, score_fn: Callable, x0: jax.Array, *, step
 
     Paper: Song & Ermon 2019, section 2.2 (Welling & Teh 2011; Roberts & Tweedie 1996).
     """
-    _check_x(x0, "x0")
+    check_batch(x0, "x0")
     check_positive(step_size, "step_size")
-    _check_steps(n_steps, "n_steps")
+    check_int(n_steps, "n_steps", minimum=0)
     eps = jnp.asarray(step_size, x0.dtype)
 
     def body(x, k):
@@ -147,13 +139,13 @@ def annealed_langevin_dynamics(key: jax.Array, score_fn: Callable, x0: jax.Array
 
     Paper: Song & Ermon 2019, Algorithm 1; denoising: Song & Ermon 2020, appendix.
     """
-    _check_x(x0, "x0")
+    check_batch(x0, "x0")
     sigmas = jnp.asarray(sigmas, x0.dtype)
     if sigmas.ndim != 1 or sigmas.shape[0] < 1:
         raise ValueError(f"sigmas must have shape [L] with L >= 1, got {shape_str(sigmas.shape)}")
     check_positive(sigmas, "sigmas")
     check_positive(step_lr, "step_lr")
-    _check_steps(n_steps_each, "n_steps_each")
+    check_int(n_steps_each, "n_steps_each", minimum=0)
     B = x0.shape[0]
     sigma_last = sigmas[-1]
     schedule = jnp.repeat(sigmas, int(n_steps_each))  # [L·T]
@@ -195,8 +187,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> jax
     if sigma_min > sigma_max:
         raise ValueError(f"sigma_min must be <= sigma_max, got sigma_min={sigma_min}, "
                          f"sigma_max={sigma_max}")
-    if isinstance(num_levels, bool) or int(num_levels) != num_levels or num_levels < 1:
-        raise ValueError(f"num_levels must be an integer >= 1, got {num_levels!r}")
+    check_int(num_levels, "num_levels")
     if num_levels == 1:
         return jnp.asarray([sigma_max], jnp.float32)
     return jnp.exp(jnp.linspace(math.log(sigma_max), math.log(sigma_min), int(num_levels)))
@@ -219,7 +210,7 @@ def max_pairwise_distance(x: jax.Array, *, block_size: int = 512) -> jax.Array:
 
     Paper: Song & Ermon 2020, technique 1.
     """
-    _check_x(x)
+    check_batch(x)
     if x.shape[0] < 1:
         raise ValueError("x must hold at least one point, got N = 0")
     flat = x.reshape(x.shape[0], -1)
@@ -257,8 +248,7 @@ def ncsn_num_levels(dim: int, sigma_max: float, sigma_min: float) -> tuple[int, 
 
     Paper: Song & Ermon 2020, technique 2.
     """
-    if isinstance(dim, bool) or int(dim) != dim or dim < 1:
-        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    check_int(dim, "dim")
     check_positive(sigma_max, "sigma_max")
     check_positive(sigma_min, "sigma_min")
     if sigma_min > sigma_max:
@@ -337,38 +327,29 @@ class ReverseDiffusionPredictor(Predictor):
 
 @PREDICTORS.register("ancestral_sampling")
 class AncestralSamplingPredictor(Predictor):
-    """Ancestral sampling of the discrete chains: DDPM for VP, SMLD for VE.
+    """Ancestral sampling of the SDE's discrete chain: ``x = x_mean + std · z`` with
+    ``(x_mean, std) = sde.ancestral_step(x, t, score(x, t))``.
 
-    VE: ``x_mean = x + (σ_i² − σ_{i−1}²) s``,
-    ``x = x_mean + √(σ_{i−1}² (σ_i² − σ_{i−1}²) / σ_i²) z``;
-    VP: ``x_mean = (x + β_i s) / √(1 − β_i)``, ``x = x_mean + √β_i z``
-    (Song et al. 2021, eq. 47 and appendix F). Other SDEs raise ``ValueError``.
+    The SDE owns its chain (VP: DDPM, VE: SMLD; Song et al. 2021, eq. 47 and appendix
+    F), so any SDE implementing :meth:`~generative.sde.SDE.ancestral_step` works here
+    unchanged; SDEs without one (sub-VP) raise ``ValueError`` naming the SDE.
     """
 
     def __init__(self, sde, score_fn, probability_flow=False):
-        if not isinstance(sde, (VPSDE, VESDE)):
-            raise ValueError(f"ancestral_sampling is defined for VPSDE and VESDE only, got "
-                             f"{type(sde).__name__}; use reverse_diffusion or euler_maruyama")
+        if not sde.has_ancestral_step:
+            raise ValueError(f"ancestral_sampling needs an SDE with a discrete chain; "
+                             f"{type(sde).__name__} has no discrete chain (it does not "
+                             f"implement SDE._ancestral_step); use reverse_diffusion or "
+                             f"euler_maruyama")
         if probability_flow:
             raise ValueError("ancestral_sampling has no probability-flow form; use "
                              "reverse_diffusion or euler_maruyama with probability_flow=True")
         super().__init__(sde, score_fn, probability_flow)
 
     def update(self, key, x, t):
-        i = self.sde.timestep(t)
-        score = self.score_fn(x, t)
+        x_mean, std = self.sde.ancestral_step(x, t, self.score_fn(x, t))
         z = jax.random.normal(key, x.shape, x.dtype)
-        if isinstance(self.sde, VESDE):
-            sigmas = jnp.asarray(self.sde.discrete_sigmas, x.dtype)
-            sigma = sigmas[i]
-            prev = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
-            x_mean = x + per_sample(sigma**2 - prev**2, x) * score
-            std = jnp.sqrt(prev**2 * (sigma**2 - prev**2) / sigma**2)
-            return x_mean + per_sample(std, x) * z, x_mean
-        self.sde._check_chain()
-        beta = jnp.asarray(self.sde.discrete_betas, x.dtype)[i]
-        x_mean = (x + per_sample(beta, x) * score) / per_sample(jnp.sqrt(1.0 - beta), x)
-        return x_mean + per_sample(jnp.sqrt(beta), x) * z, x_mean
+        return x_mean + per_sample(std, x) * z, x_mean
 
 
 @PREDICTORS.register("none")
@@ -399,7 +380,7 @@ class Corrector:
 
     def __init__(self, sde: SDE, score_fn: Callable, snr: float, n_steps: int):
         check_positive(snr, "snr")
-        _check_steps(n_steps, "n_steps")
+        check_int(n_steps, "n_steps", minimum=0)
         self.sde = sde
         self.score_fn = score_fn
         self.snr = float(snr)

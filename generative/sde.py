@@ -13,13 +13,20 @@ Gaussian, ``p_{0t}(x_t | x_0) = N(m(t) x_0, s(t)² I)``, returned by
 Interface and semantics follow score_sde (Song et al. 2021): ``sde(x, t) ->
 (drift, diffusion)``, ``marginal_prob(x, t) -> (mean, std)``, ``prior_sampling``,
 ``prior_logp`` (one value per sample), ``discretize(x, t) -> (f, G)`` (DDPM for VP,
-SMLD for VE, Euler–Maruyama otherwise) and ``reverse(score_fn, probability_flow)``.
+SMLD for VE, Euler–Maruyama otherwise), ``ancestral_step(x, t, score) -> (x_mean, std)``
+for SDEs with a discrete chain (VP, VE) and ``reverse(score_fn, probability_flow)``.
 Arrays are batch-first: ``x [B, ...]``, ``t [B]``, drift ``[B, ...]``, diffusion
 ``[B]``. Departures from score_sde, all fixes: sub-VP carries the discrete ``alphas``
 its Langevin corrector needs (score_sde crashes there), every SDE exposes
 :meth:`SDE.langevin_alpha`, VP's std uses ``expm1`` (accurate at small ``t``), and
 bad input (``t`` outside ``[0, 1]``, mismatched batch sizes, non-positive β or σ)
 raises a ``ValueError`` naming the argument.
+
+Extending: subclass :class:`SDE` as a frozen dataclass with defaults for every field,
+implement ``_sde``, ``_marginal``, ``prior_sampling`` and ``prior_logp`` (optionally
+``_discretize``, ``_ancestral_step`` for ``ancestral_sampling`` and ``alphas_cumprod``
+for ``ddpm_loss``), and register it in ``SDES``: the samplers, losses and likelihood
+use it unchanged, and the shared suite of ``tests/generative/test_sde.py`` runs on it.
 
 Example:
     >>> sde = VPSDE()
@@ -45,14 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_int, check_positive, float_dtype, per_sample, shape_str
 from common.registry import Registry
-from generative._checks import (
-    check_positive,
-    check_x_t,
-    float_dtype,
-    per_sample,
-    shape_str,
-)
+from generative.checks import check_x_t
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -164,6 +166,55 @@ class SDE(abc.ABC):
         """
         return jnp.ones_like(t)
 
+    @property
+    def has_ancestral_step(self) -> bool:
+        """Whether this SDE has a discrete chain with an ancestral step (it overrides
+        ``_ancestral_step``); the ``ancestral_sampling`` predictor needs one."""
+        return type(self)._ancestral_step is not SDE._ancestral_step
+
+    def _ancestral_step(self, x, t, score):
+        """Unchecked ``(x_mean [B, ...], std [B])``; SDEs without a discrete chain keep
+        this default, which refuses with a message naming the SDE."""
+        raise ValueError(f"{type(self).__name__} has no discrete chain, so no ancestral step "
+                         f"(it does not implement SDE._ancestral_step); sample it with the "
+                         f"reverse_diffusion or euler_maruyama predictor")
+
+    def ancestral_step(self, x: jax.Array, t: jax.Array,
+                       score: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One ancestral step of the discrete chain: ``x_{i−1} ~ N(x_mean, std² I)``.
+
+        The contract of an SDE with a discrete forward chain (VP: DDPM, VE: SMLD): given
+        the state ``x_i`` at step ``i = ⌊t (N − 1) / T⌋`` and the score of ``p_t`` there,
+        return the mean and per-sample std of the Gaussian reverse transition. The step is
+        deterministic (the caller draws ``z``: ``x_{i−1} = x_mean + std · z``) and agrees
+        with the reverse-diffusion step ``x − f̄``, ``Ḡ`` to first order in ``1/N``. A new
+        SDE implements ``_ancestral_step(x, t, score)`` (inputs already checked and cast)
+        and is then sampled by the ``ancestral_sampling`` predictor unchanged.
+
+        Args:
+          x: ``[B, ...]`` states.
+          t: ``[B]`` times in ``[0, 1]``.
+          score: ``[B, ...]`` score ``∇ₓ log p_t(x)`` evaluated at ``(x, t)``.
+
+        Returns:
+          ``(x_mean [B, ...], std [B])``.
+
+        Raises:
+          ValueError: for an SDE without a discrete chain (naming it), a ``score`` not of
+            x's shape, or bad ``x``/``t``.
+
+        Example:
+            >>> x_mean, std = VPSDE().ancestral_step(x, t, score_fn(x, t))
+            >>> x_prev = x_mean + std[:, None] * jax.random.normal(key, x.shape)
+
+        Paper: Song et al. 2021, eq. (47) and appendix F; Ho et al. 2020, Algorithm 2.
+        """
+        x, t = self._prepare(x, t)
+        if jnp.shape(score) != x.shape:
+            raise ValueError(f"score must have x's shape {shape_str(x.shape)}, got "
+                             f"{shape_str(jnp.shape(score))}")
+        return self._ancestral_step(x, t, jnp.asarray(score, x.dtype))
+
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn``.
 
@@ -228,11 +279,6 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-def _check_n(N) -> None:
-    if isinstance(N, bool) or int(N) != N or N < 1:
-        raise ValueError(f"N (number of discretisation steps) must be an integer >= 1, got {N!r}")
-
-
 def _standard_normal_logp(z):
     dims = math.prod(z.shape[1:])
     flat = z.reshape(z.shape[0], -1)
@@ -255,7 +301,7 @@ class _VPFamily(SDE):
     def _validate(self) -> None:
         check_positive(self.beta_min, "beta_min")
         check_positive(self.beta_max, "beta_max")
-        _check_n(self.N)
+        check_int(self.N, "N (number of discretisation steps)")
 
     def _check_chain(self) -> None:
         """The discrete chain needs ``β_i < 1``, i.e. ``beta_max / N < 1`` (checked on use,
@@ -282,19 +328,6 @@ class _VPFamily(SDE):
         """``[N]`` float64: ``α_i = 1 − β_i``."""
         return 1.0 - self.discrete_betas
 
-    @functools.cached_property
-    def alphas_cumprod(self) -> np.ndarray:
-        """``[N]`` float64: ``ᾱ_i = ∏_{j ≤ i} α_j``."""
-        return np.cumprod(self.alphas)
-
-    @property
-    def sqrt_alphas_cumprod(self) -> np.ndarray:
-        return np.sqrt(self.alphas_cumprod)
-
-    @property
-    def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
-        return np.sqrt(1.0 - self.alphas_cumprod)
-
     def langevin_alpha(self, t: jax.Array) -> jax.Array:
         self._check_chain()
         return jnp.asarray(self.alphas, t.dtype)[self.timestep(t)]
@@ -315,7 +348,9 @@ class VPSDE(_VPFamily):
 
     ``dx = −½ β(t) x dt + √β(t) dw``, ``β(t) = β_min + t (β_max − β_min)``;
     ``p_{0t} = N(m x₀, (1 − m²) I)`` with ``m = exp(−½ ∫₀ᵗ β)``; prior ``N(0, I)``.
-    ``discretize`` is the DDPM chain ``x_{i+1} = √(1 − β_i) x_i + √β_i z``.
+    ``discretize`` is the DDPM chain ``x_{i+1} = √(1 − β_i) x_i + √β_i z``, whose
+    ancestral step is :meth:`ancestral_step` and whose ``alphas_cumprod`` serve
+    :func:`generative.losses.ddpm_loss`.
 
     Args:
       beta_min: ``β(0) > 0``.
@@ -353,6 +388,20 @@ class VPSDE(_VPFamily):
         alpha = jnp.asarray(self.alphas, x.dtype)[i]
         return per_sample(jnp.sqrt(alpha), x) * x - x, jnp.sqrt(beta)
 
+    def _ancestral_step(self, x, t, score):
+        """DDPM: ``x_mean = (x + β_i s) / √(1 − β_i)``, ``std = √β_i``."""
+        self._check_chain()
+        beta = jnp.asarray(self.discrete_betas, x.dtype)[self.timestep(t)]
+        x_mean = (x + per_sample(beta, x) * score) / per_sample(jnp.sqrt(1.0 - beta), x)
+        return x_mean, jnp.sqrt(beta)
+
+    @functools.cached_property
+    def alphas_cumprod(self) -> np.ndarray:
+        """``[N]`` float64: ``ᾱ_i = ∏_{j ≤ i} α_j``, so the chain's step ``i`` from ``x_0`` is
+        ``N(√ᾱ_i x_0, (1 − ᾱ_i) I)`` (the contract of :func:`~generative.losses.ddpm_loss`)."""
+        self._check_chain()
+        return np.cumprod(self.alphas)
+
 
 @SDES.register("subvp")
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +411,8 @@ class subVPSDE(_VPFamily):
     ``dx = −½ β(t) x dt + √(β(t) (1 − e^{−2 ∫₀ᵗ β})) dw``;
     ``p_{0t} = N(m x₀, (1 − m²)² I)``, ``m = exp(−½ ∫₀ᵗ β)``; prior ``N(0, I)``.
     ``discretize`` is Euler–Maruyama; ``alphas``/``langevin_alpha`` come from the
-    same β schedule as VP, so every corrector works (score_sde's crashes here).
+    same β schedule as VP, so every corrector works (score_sde's crashes here). There
+    is no discrete chain, hence no ancestral step and no ``alphas_cumprod``.
 
     Args:
       beta_min: ``β(0) > 0``.
@@ -401,7 +451,8 @@ class VESDE(SDE):
 
     ``dx = σ(t) √(2 log(σ_max/σ_min)) dw``, ``σ(t) = σ_min (σ_max/σ_min)^t``;
     ``p_{0t} = N(x₀, σ(t)² I)``; prior ``N(0, σ_max² I)``. ``discretize`` is the SMLD
-    chain ``x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z`` over the geometric ``σ_i``.
+    chain ``x_{i+1} = x_i + √(σ_{i+1}² − σ_i²) z`` over the geometric ``σ_i``, with
+    :meth:`ancestral_step`.
 
     Args:
       sigma_min: ``σ(0) > 0``.
@@ -426,7 +477,7 @@ class VESDE(SDE):
         if not self.sigma_max > self.sigma_min:
             raise ValueError(f"sigma_max must exceed sigma_min, got sigma_min="
                              f"{self.sigma_min}, sigma_max={self.sigma_max}")
-        _check_n(self.N)
+        check_int(self.N, "N (number of discretisation steps)")
 
     @functools.cached_property
     def discrete_sigmas(self) -> np.ndarray:
@@ -457,12 +508,24 @@ class VESDE(SDE):
         dims = math.prod(z.shape[1:])
         return _standard_normal_logp(z / self.sigma_max) - dims * math.log(self.sigma_max)
 
-    def _discretize(self, x, t):
+    def _levels(self, t, dtype):
+        """``(σ_i [B], σ_{i−1} [B])`` at ``i = timestep(t)``, with ``σ_{−1} = 0``."""
         i = self.timestep(t)
-        sigmas = jnp.asarray(self.discrete_sigmas, x.dtype)
+        sigmas = jnp.asarray(self.discrete_sigmas, dtype)
         sigma = sigmas[i]
         previous = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
+        return sigma, previous
+
+    def _discretize(self, x, t):
+        sigma, previous = self._levels(t, x.dtype)
         return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
+
+    def _ancestral_step(self, x, t, score):
+        """SMLD: ``x_mean = x + (σ_i² − σ_{i−1}²) s``,
+        ``std = √(σ_{i−1}² (σ_i² − σ_{i−1}²) / σ_i²)``."""
+        sigma, previous = self._levels(t, x.dtype)
+        gap = sigma**2 - previous**2
+        return x + per_sample(gap, x) * score, jnp.sqrt(previous**2 * gap / sigma**2)
 
 
 def get_sde(name: str, **kwargs) -> SDE:

@@ -1,16 +1,309 @@
-"""Benchmarks of the rl package; importing this module registers them."""
+"""Benchmarks of the rl package; importing this module registers them.
 
-from common.bench import benchmark
-from rl.recipes import ddpg as _ddpg
-from rl.recipes import dpo_frontier as _dpo_frontier
-from rl.recipes import gridworld as _gridworld
+Each benchmark times jitted code after warm-up against a reference path measured in
+the same run (a plain numpy/Python loop of the same algorithm, or a slower variant),
+and reports the ratio; none asserts a time.
 
-benchmark("gridworld-episodes", "grid-world episodes/s: jitted vmapped generator vs a numpy "
-          "loop")(_gridworld.bench_episode_generator)
-benchmark("mc-epsilon-greedy", "MC ε-greedy wall time for a fixed number of episodes: JAX vs "
-          "a numpy loop")(_gridworld.bench_mc_epsilon_greedy)
-benchmark("ddpg-throughput", "DDPG env steps/s (updates included) on device for 1 and 8 "
-          "vmapped seeds and rollout only, vs a Python loop")(_ddpg.bench_ddpg_throughput)
+* ``gridworld-episodes``: episodes/s of the jitted, vmapped episode generator of
+  :mod:`rl.monte_carlo` vs :func:`numpy_sample_episodes`.
+* ``mc-epsilon-greedy``: wall time of :func:`rl.monte_carlo.mc_epsilon_greedy` vs
+  :func:`numpy_mc_epsilon_greedy`, the same algorithm as numpy loops.
+* ``dpo-train-step``: DPO train-step tokens/s with cached vs recomputed reference
+  log-probs.
+* ``ddpg-throughput``: on-device DDPG env steps/s vs a Python loop.
+"""
 
-benchmark("dpo-train-step", "DPO train-step tokens/s and fraction of the matmul ceiling, with "
-          "reference log-probs cached vs recomputed every step")(_dpo_frontier.bench_dpo_step)
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common.bench import BenchContext, Timing, benchmark, time_call
+from common.optim import OptimConfig, build_optimizer
+from common.train import TrainState, make_train_step
+from rl import monte_carlo
+from rl.ddpg import ddpg_config, make_agent, seed_keys
+from rl.envs.gridworld import GridWorld, book_5x5
+from rl.preference.model import CausalLM, LMConfig, lm_flops_per_token
+from rl.preference.task import (
+    SentimentTask,
+    completion_positions,
+    demonstrations,
+    sample_prompts,
+)
+from rl.preference.training import make_dpo_loss, make_logits_fn, reference_logps
+
+# ----------------------------------------------------------------------------- grid world
+
+
+def numpy_sample_episodes(world: GridWorld, policy, num_episodes: int, length: int,
+                          rng: np.random.Generator, exploring_starts: bool = False):
+    """Plain numpy/Python-loop episode generator (the reference path of
+    ``gridworld-episodes``), one step at a time from the world's transition table.
+
+    Returns:
+      ``(states, actions, rewards)`` numpy arrays ``[B, T]``.
+    """
+    next_state, reward = world.transition_table()
+    policy = np.asarray(policy, dtype=np.float64)
+    cdf = np.cumsum(policy, axis=-1)
+    S, A = policy.shape
+    states = np.zeros((num_episodes, length), np.int64)
+    actions = np.zeros((num_episodes, length), np.int64)
+    rewards = np.zeros((num_episodes, length))
+    for b in range(num_episodes):
+        uniforms = rng.random(length)
+        if exploring_starts:
+            pair = rng.integers(S * A)
+            s, first = pair // A, pair % A
+        else:
+            s, first = rng.integers(S), -1
+        for t in range(length):
+            a = first if t == 0 and first >= 0 else \
+                min(int(np.searchsorted(cdf[s], uniforms[t] * cdf[s, -1], side="right")), A - 1)
+            states[b, t], actions[b, t] = s, a
+            rewards[b, t] = reward[s, a]
+            s = next_state[s, a]
+    return states, actions, rewards
+
+
+def numpy_mc_epsilon_greedy(world: GridWorld, rng: np.random.Generator, *, epsilon: float,
+                            gamma: float, num_episodes: int, episode_length: int,
+                            episodes_per_update: int = 1, exploring_starts: bool = False):
+    """Plain numpy/Python-loop MC ε-greedy (the reference path of ``mc-epsilon-greedy``):
+    the algorithm of :func:`rl.monte_carlo.mc_epsilon_greedy` (running average, no
+    tail), written with loops over episodes and steps.
+
+    Returns:
+      ``(policy [S, A], q [S, A])``.
+    """
+    S, A = world.num_states, world.num_actions
+    policy = np.full((S, A), 1.0 / A)
+    sums = np.zeros((S, A))
+    counts = np.zeros((S, A))
+    for _ in range(num_episodes // episodes_per_update):
+        states, actions, rewards = numpy_sample_episodes(
+            world, policy, episodes_per_update, episode_length, rng, exploring_starts)
+        visited = np.zeros(S, bool)
+        for b in range(episodes_per_update):
+            g = 0.0
+            for t in range(episode_length - 1, -1, -1):
+                g = rewards[b, t] + gamma * g
+                s, a = states[b, t], actions[b, t]
+                sums[s, a] += g
+                counts[s, a] += 1
+                visited[s] = True
+        q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        for s in np.flatnonzero(visited):
+            best = q[s].max()
+            greedy = int(np.argmax(q[s] >= best - 1e-5 * max(1.0, abs(best))))
+            policy[s] = epsilon / A
+            policy[s, greedy] += 1.0 - epsilon
+    q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return policy, q
+
+
+@benchmark("gridworld-episodes", "grid-world episodes/s: jitted vmapped generator vs a numpy "
+           "loop")
+def bench_episode_generator(ctx: BenchContext, sizes: dict | None = None) -> dict:
+    """Episodes per second of the jitted, vmapped generator vs the numpy loop."""
+    sizes = sizes or ({"jax_episodes": 4096, "numpy_episodes": 100, "length": 100}
+                      if ctx.quick else
+                      {"jax_episodes": 65536, "numpy_episodes": 500, "length": 100})
+    world = book_5x5()
+    policy = jnp.full((world.num_states, world.num_actions), 1.0 / world.num_actions)
+    B, T = sizes["jax_episodes"], sizes["length"]
+    generate = jax.jit(lambda key: monte_carlo.sample_episodes(world, policy, key, B, T))
+    jax_time = time_call(generate, jax.random.key(0), warmup=2, repeats=5)
+    rng = np.random.default_rng(0)
+    n_np = sizes["numpy_episodes"]
+    np_time = time_call(numpy_sample_episodes, world, np.asarray(policy), n_np, T, rng,
+                        warmup=0, repeats=3)
+    jax_rate = jax_time.per_second(B)
+    np_rate = np_time.per_second(n_np)
+    return {
+        "episode_length": T,
+        "jax_episodes_per_call": B,
+        "jax_episodes_per_second": jax_rate,
+        "jax_steps_per_second": jax_rate * T,
+        "numpy_episodes_per_second": np_rate,
+        "speedup_vs_numpy": jax_rate / np_rate,
+    }
+
+
+@benchmark("mc-epsilon-greedy", "MC ε-greedy wall time for a fixed number of episodes: JAX vs "
+           "a numpy loop")
+def bench_mc_epsilon_greedy(ctx: BenchContext, sizes: dict | None = None) -> dict:
+    """Wall time of MC ε-greedy for a fixed number of episodes, JAX vs the numpy loop."""
+    sizes = sizes or ({"episodes": 2000, "length": 100, "batch": 100} if ctx.quick else
+                      {"episodes": 10000, "length": 100, "batch": 100})
+    world = book_5x5(r_forbidden=-10.0)
+    N, T, B = sizes["episodes"], sizes["length"], sizes["batch"]
+    kwargs = dict(epsilon=0.1, gamma=0.9, num_episodes=N, episode_length=T,
+                  episodes_per_update=B)
+    run = lambda key: monte_carlo.mc_epsilon_greedy(world, key, **kwargs)
+    jax_time = time_call(run, jax.random.key(0), warmup=1, repeats=5)
+    rng = np.random.default_rng(0)
+    np_time = time_call(lambda: numpy_mc_epsilon_greedy(world, rng, **kwargs), warmup=0,
+                        repeats=1)
+    return {
+        "episodes": N,
+        "episode_length": T,
+        "episodes_per_update": B,
+        "jax_seconds": jax_time.median,
+        "numpy_seconds": np_time.median,
+        "jax_episodes_per_second": jax_time.per_second(N),
+        "numpy_episodes_per_second": np_time.per_second(N),
+        "speedup_vs_numpy": np_time.median / jax_time.median,
+    }
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+@benchmark("dpo-train-step", "DPO train-step tokens/s and fraction of the matmul ceiling, with "
+           "reference log-probs cached vs recomputed every step")
+def bench_dpo_step(ctx: BenchContext) -> dict:
+    """DPO train-step throughput with cached vs per-step reference log-probs."""
+    task = SentimentTask()
+    if ctx.quick:
+        cfg, batch = LMConfig(vocab_size=task.tokenizer().vocab_size), 32
+    else:
+        cfg, batch = LMConfig(vocab_size=task.tokenizer().vocab_size, d_model=256,
+                              num_layers=4, num_heads=8, mlp_dim=512), 128
+    key = jax.random.key(0)
+    lm = CausalLM(cfg, rngs=nnx.Rngs(0))
+    tx = build_optimizer(OptimConfig(name="adam", learning_rate=1e-4))
+    state = TrainState.create(lm, tx, key)
+    logits_fn = make_logits_fn(state.graphdef, state.rest)
+    prompts = sample_prompts(task, jax.random.key(1), batch)
+    mask = completion_positions(task, batch)
+    length = jnp.full((batch,), task.seq_len, jnp.int32)
+    pairs = {"chosen": demonstrations(task, jax.random.key(2), prompts),
+             "rejected": demonstrations(task, jax.random.key(3), prompts),
+             "chosen_mask": mask, "rejected_mask": mask, "chosen_length": length,
+             "rejected_length": length}
+    cached = reference_logps(logits_fn, state.params, pairs)
+    step_cached = make_train_step(make_dpo_loss(logits_fn), tx, donate=False)
+    step_fresh = make_train_step(make_dpo_loss(logits_fn, ref_params=state.params), tx,
+                                 donate=False)
+    repeats = 15 if ctx.quick else 8
+    # Interleave the two paths so that load changes on a shared machine hit both alike.
+    for fn, data in ((step_cached, cached), (step_fresh, pairs)):
+        time_call(fn, state, data, warmup=2, repeats=1)
+    cached_times, fresh_times = [], []
+    for _ in range(repeats):
+        cached_times += time_call(step_cached, state, cached, warmup=0, repeats=1).times
+        fresh_times += time_call(step_fresh, state, pairs, warmup=0, repeats=1).times
+    t_cached = Timing(float(np.median(cached_times)), min(cached_times), tuple(cached_times))
+    t_fresh = Timing(float(np.median(fresh_times)), min(fresh_times), tuple(fresh_times))
+    tokens = 2 * batch * task.seq_len
+    # forward + backward ≈ 3 forwards of the policy; the per-step reference adds one more
+    flops = 3.0 * tokens * lm_flops_per_token(cfg, task.seq_len)
+    gflops = flops / t_cached.median / 1e9
+    return {
+        "batch_pairs": batch,
+        "seq_len": task.seq_len,
+        "d_model": cfg.d_model,
+        "num_layers": cfg.num_layers,
+        "cached_ref_step_ms": 1e3 * t_cached.median,
+        "per_step_ref_step_ms": 1e3 * t_fresh.median,
+        "tokens_per_second_cached_ref": t_cached.per_second(tokens),
+        "tokens_per_second_per_step_ref": t_fresh.per_second(tokens),
+        "speedup_cached_vs_per_step_ref": t_fresh.median / t_cached.median,
+        "speedup_cached_vs_per_step_ref_best_of": t_fresh.minimum / t_cached.minimum,
+        "gflops_cached_ref": gflops,
+        "fraction_of_matmul_ceiling": ctx.fraction_of_ceiling(gflops),
+    }
+
+
+# ----------------------------------------------------------------------------- DDPG
+
+
+def python_loop_steps(fns: dict, agent, state, first_step: int, num_steps: int, seed: int = 0):
+    """The reference path of ``ddpg-throughput``: the same agent driven from a Python loop.
+
+    Per environment step: one jitted exploration action, one jitted environment step,
+    the transition copied to a host-side numpy ring buffer, a batch drawn there with
+    numpy and one jitted update. ``fns`` holds the jitted ``act``, ``env`` and
+    ``update`` (built once by the caller); ``state`` is one seed's ``DDPGState``
+    whose buffer seeds the numpy buffer. Returns the learner after ``num_steps`` steps.
+    """
+    cfg = agent.config
+    storage = {k: np.array(v) for k, v in jax.device_get(state.buffer.storage).items()}
+    position, size = int(state.buffer.position), int(state.buffer.size)
+    capacity = state.buffer.capacity
+    rng = np.random.default_rng(seed)
+    episode_length = int(state.episode_length)
+    for t in range(first_step, first_step + num_steps):
+        k_act, k_env, k_update = jax.random.split(jax.random.fold_in(state.key, t), 3)
+        action, noise = fns["act"](state, k_act, t)
+        step = fns["env"](k_env, state.env_state, action)
+        transition = jax.device_get({"obs": state.obs, "action": action, "reward": step.reward,
+                                     "next_obs": step.next_obs, "discount": step.discount})
+        for k, v in transition.items():
+            storage[k][position] = v
+        position, size = (position + 1) % capacity, min(size + 1, capacity)
+        idx = rng.integers(0, size, cfg.batch_size)
+        batch = {k: v[idx] for k, v in storage.items()}
+        learner, _ = fns["update"](state.learner, batch, k_update, t - cfg.learning_starts)
+        episode_length = 0 if bool(step.done) else episode_length + 1
+        state = state.replace(learner=learner, env_state=step.state, obs=step.obs, noise=noise,
+                              episode_length=np.int32(episode_length))
+    return state.learner
+
+
+def _ddpg_update_flops(cfg, obs_dim: int, action_dim: int) -> float:
+    """Approximate matmul flops of one update (2 flops per multiply-add, backward = 2×)."""
+    def macs(sizes):
+        return sum(a * b for a, b in itertools.pairwise(sizes))
+
+    actor = macs([obs_dim, *cfg.actor_hidden, action_dim])
+    critic = macs([obs_dim + action_dim, *cfg.critic_hidden, 1])
+    c = cfg.num_critics
+    per_sample = (actor + c * critic          # target actor and target critics (forward)
+                  + 3 * c * critic            # critic step (forward + backward)
+                  + 3 * (actor + critic) / cfg.policy_delay)  # actor step through Q_1
+    return 2.0 * cfg.batch_size * per_sample
+
+
+@benchmark("ddpg-throughput", "DDPG env steps/s (updates included) on device for 1 and 8 "
+           "vmapped seeds and rollout only, vs a Python loop")
+def bench_ddpg_throughput(ctx: BenchContext) -> dict:
+    """Env steps/s of on-device DDPG (1 and 8 seeds), rollout only, and a Python loop."""
+    steps = 500 if ctx.quick else 5_000
+    py_steps = 150 if ctx.quick else 1_000
+    cfg = ddpg_config(learning_starts=500, buffer_size=20_000)
+    agent = make_agent(cfg)
+    run = jax.jit(jax.vmap(agent.run_steps, in_axes=(0, None, None, None)),
+                  static_argnums=(2, 3))
+    init = jax.jit(jax.vmap(agent.init))
+    out = {"env": cfg.env, "steps_per_call": steps, "batch_size": cfg.batch_size,
+           "hidden": list(cfg.critic_hidden)}
+    t0 = jnp.int32(cfg.learning_starts)
+    state8 = init(seed_keys(range(8)))
+    state8, _ = run(state8, jnp.int32(0), cfg.learning_starts, False)   # fill the buffers
+    rollout = time_call(lambda s: run(s, t0, steps, False)[0].buffer, state8, warmup=0,
+                        repeats=3)
+    out["rollout_steps_per_second_8_seeds"] = rollout.per_second(steps * 8)
+    warm = {8: state8, 1: jax.tree.map(lambda x: x[:1], state8)}
+    for seeds in (1, 8):
+        train = time_call(lambda s: run(s, t0, steps, True)[0].learner, warm[seeds], warmup=1,
+                          repeats=3)
+        out[f"train_steps_per_second_{seeds}_seeds"] = train.per_second(steps * seeds)
+    one = jax.tree.map(lambda x: x[0], state8)
+    fns = {"act": jax.jit(agent.explore), "env": jax.jit(agent.env.step),
+           "update": jax.jit(agent.update)}
+    loop = time_call(lambda: python_loop_steps(fns, agent, one, cfg.learning_starts, py_steps),
+                     warmup=1, repeats=3)
+    py_sps = loop.per_second(py_steps)
+    out["python_loop_steps_per_second"] = py_sps
+    out["speedup_1_seed_vs_python_loop"] = out["train_steps_per_second_1_seeds"] / py_sps
+    out["speedup_8_seeds_vs_python_loop"] = out["train_steps_per_second_8_seeds"] / py_sps
+    flops = _ddpg_update_flops(cfg, agent.env.obs_dim, agent.env.action_dim)
+    gflops = flops * out["train_steps_per_second_8_seeds"] / 1e9
+    out["update_gflops_8_seeds"] = gflops
+    out["fraction_of_matmul_ceiling"] = ctx.fraction_of_ceiling(gflops)
+    return out

@@ -13,6 +13,10 @@ and a discount ``gamma ∈ [0, 1)``. With ``q(s, a) = R[s, a] + γ Σ_s' P[s, a,
 * ``policy_iteration``: evaluate ``π_k`` exactly, improve greedily, until stable.
 * ``truncated_policy_iteration``: improve greedily, then ``j`` evaluation sweeps
   from the previous values (``j = 1`` is value iteration, ``j → ∞`` policy iteration).
+* ``epsilon_greedy_policy_iteration``: policy iteration within the ε-greedy
+  policies, ``π_{k+1} = ε-greedy(q_{π_k})``: the best ε-greedy policy, the DP
+  reference of Monte Carlo ε-greedy control.
+* ``evaluate_policies``: exact values of a stack of policies ``[..., S, A]``.
 
 Each returns a :class:`DPResult` whose first field is the state values ``[S]``,
 then the greedy policy ``[S, A]`` and the iteration history. Greedy policies break
@@ -41,6 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from common.checks import check_int, concrete_value
 
 # Greedy ties: actions within TIE_TOL * max(1, |max q|) of the best count as tied,
 # so that values equal up to rounding pick the first action, not a rounding winner.
@@ -74,16 +80,9 @@ class DPResult(NamedTuple):
 # ---------------------------------------------------------------------- checks
 
 
-def _concrete(x):
-    """``x`` as a numpy array, or None when it is traced (inside jit/vmap)."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
-
-
 def check_gamma(gamma) -> None:
     """Raise ``ValueError`` unless a concrete ``gamma`` lies in ``[0, 1)``."""
-    g = _concrete(gamma)
+    g = concrete_value(gamma)
     if g is None:
         return
     if g.shape != ():
@@ -102,7 +101,7 @@ def check_model(P, R) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"R must have shape [S, A] = {P.shape[:2]} to match P, got {R.shape}")
     dtype = jnp.result_type(P.dtype, R.dtype, float)
     P, R = P.astype(dtype), R.astype(dtype)
-    p = _concrete(P)
+    p = concrete_value(P)
     if p is not None and p.size:
         if (p < 0).any() or not np.allclose(p.sum(-1), 1.0, rtol=0, atol=_SUM_TOL):
             raise ValueError("P must hold probabilities: P[s, a, :] >= 0 summing to 1 "
@@ -117,7 +116,7 @@ def check_policy(policy, num_states: int, num_actions: int, name: str = "policy"
         raise ValueError(f"{name} must have shape [S, A] = ({num_states}, {num_actions}), "
                          f"got {policy.shape}")
     policy = policy.astype(jnp.result_type(policy.dtype, float))
-    p = _concrete(policy)
+    p = concrete_value(policy)
     if p is not None and p.size:
         sums = p.sum(-1)
         bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
@@ -129,14 +128,19 @@ def check_policy(policy, num_states: int, num_actions: int, name: str = "policy"
     return policy
 
 
-def _check_positive_int(value, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+def check_epsilon(epsilon) -> None:
+    """Raise ``ValueError`` unless a concrete ``epsilon`` is a scalar in ``[0, 1]``."""
+    e = concrete_value(epsilon)
+    if e is None:
+        return
+    if e.shape != ():
+        raise ValueError(f"epsilon must be a scalar, got shape {e.shape}")
+    if not (0.0 <= float(e) <= 1.0):
+        raise ValueError(f"epsilon must be in [0, 1], got {float(e)}")
 
 
 def _check_tol(tol) -> None:
-    t = _concrete(tol)
+    t = concrete_value(tol)
     if t is not None and not float(t) > 0:
         raise ValueError(f"tol must be > 0, got {float(t)}")
 
@@ -190,6 +194,26 @@ def _greedy_policy_jit(q, tie_tol):
     threshold = best - tie_tol * jnp.maximum(1.0, jnp.abs(best))
     actions = jnp.argmax(q >= threshold, axis=-1)  # first True
     return jax.nn.one_hot(actions, q.shape[-1], dtype=jnp.result_type(q.dtype, float))
+
+
+def epsilon_greedy_policy(q, epsilon, tie_tol: float = TIE_TOL) -> jax.Array:
+    """The ε-greedy policy ``[S, A]`` of action values ``q`` ``[S, A]``.
+
+    ``π(a|s) = 1 − ε(|A| − 1)/|A|`` for the greedy action (first on ties) and
+    ``ε/|A|`` for every other action. ``ε = 0`` is greedy, ``ε = 1`` uniform.
+
+    Example:
+        >>> epsilon_greedy_policy(jnp.array([[0.0, 1.0]]), 0.5)
+        Array([[0.25, 0.75]], dtype=float32)
+    """
+    q = jnp.asarray(q)
+    check_epsilon(epsilon)
+    return _epsilon_greedy_jit(greedy_policy(q, tie_tol), epsilon)
+
+
+@jax.jit
+def _epsilon_greedy_jit(greedy, epsilon):
+    return (1.0 - epsilon) * greedy + epsilon / greedy.shape[-1]
 
 
 def _policy_model(P, R, policy):
@@ -294,7 +318,7 @@ def policy_evaluation(P, R, policy, gamma, *, method: str = "solve", tol: float 
     policy = check_policy(policy, S, A).astype(P.dtype)
     check_gamma(gamma)
     _check_tol(tol)
-    max_iters = _check_positive_int(max_iters, "max_iters")
+    max_iters = check_int(max_iters, "max_iters")
     v0 = _initial_values(v0, S, P.dtype)
     return _policy_evaluation_jit(P, R, policy, gamma, v0, tol, method=method,
                                   max_iters=max_iters)
@@ -342,12 +366,17 @@ def value_iteration(P, R, gamma, *, tol: float = 1e-6, max_iters: int = 1000,
     P, R = check_model(P, R)
     check_gamma(gamma)
     _check_tol(tol)
-    max_iters = _check_positive_int(max_iters, "max_iters")
+    max_iters = check_int(max_iters, "max_iters")
     v0 = _initial_values(v0, R.shape[0], P.dtype)
     return _value_iteration_jit(P, R, gamma, v0, tol, max_iters=max_iters)
 
 
-def _policy_iteration(P, R, gamma, policy0, max_iters):
+def _improve_until_stable(P, R, gamma, policy0, improve, max_iters):
+    """``π ← improve(q_π)`` with exact evaluation until ``π`` repeats or ``max_iters``.
+
+    Returns ``(policy, values, history, k)``; ``history[k] = v_{π_k}`` and rows after
+    ``k`` repeat the final values.
+    """
     S = P.shape[0]
     v0 = _solve(P, R, policy0, gamma)
     history = jnp.zeros((max_iters + 1, S), P.dtype).at[0].set(v0)
@@ -358,15 +387,20 @@ def _policy_iteration(P, R, gamma, policy0, max_iters):
 
     def body(carry):
         k, policy, v, _, history = carry
-        new_policy = greedy_policy(action_values(P, R, v, gamma))
-        v_new = _solve(P, R, new_policy, gamma)
+        new_policy = improve(action_values(P, R, v, gamma))
+        v_new = _solve(P, R, new_policy, gamma)  # equal to v once stable
         stable = jnp.all(new_policy == policy)
         return k + 1, new_policy, v_new, stable, history.at[k + 1].set(v_new)
 
     init = (jnp.int32(0), policy0, v0, jnp.bool_(False), history)
-    k, _, v, _, history = jax.lax.while_loop(cond, body, init)
+    k, policy, v, _, history = jax.lax.while_loop(cond, body, init)
     rows = jnp.arange(max_iters + 1)[:, None]
     history = jnp.where(rows <= k, history, v[None, :])
+    return policy, v, history, k
+
+
+def _policy_iteration(P, R, gamma, policy0, max_iters):
+    _, v, history, k = _improve_until_stable(P, R, gamma, policy0, greedy_policy, max_iters)
     return _finish(P, R, v, gamma, history, k)
 
 
@@ -402,7 +436,7 @@ def policy_iteration(P, R, gamma, *, policy0=None, max_iters: int = 100) -> DPRe
     P, R = check_model(P, R)
     S, A = R.shape
     check_gamma(gamma)
-    max_iters = _check_positive_int(max_iters, "max_iters")
+    max_iters = check_int(max_iters, "max_iters")
     if policy0 is None:
         policy0 = jnp.full((S, A), 1.0 / A, P.dtype)
     policy0 = check_policy(policy0, S, A, "policy0").astype(P.dtype)
@@ -453,10 +487,90 @@ def truncated_policy_iteration(P, R, gamma, *, num_eval_steps: int = 5, tol: flo
     P, R = check_model(P, R)
     check_gamma(gamma)
     _check_tol(tol)
-    max_iters = _check_positive_int(max_iters, "max_iters")
-    steps = _concrete(num_eval_steps)
+    max_iters = check_int(max_iters, "max_iters")
+    steps = concrete_value(num_eval_steps)
     if steps is not None and (steps.shape != () or int(steps) < 1 or int(steps) != steps):
         raise ValueError(f"num_eval_steps must be an integer >= 1, got {num_eval_steps!r}")
     v0 = _initial_values(v0, R.shape[0], P.dtype)
     return _truncated_policy_iteration_jit(P, R, gamma, v0, num_eval_steps, tol,
                                            max_iters=max_iters)
+
+
+def evaluate_policies(P, R, policies, gamma) -> jax.Array:
+    """Exact values ``[..., S]`` of a stack of policies ``[..., S, A]`` (one vmapped
+    :func:`policy_evaluation` with ``method="solve"``).
+
+    Args:
+      P: ``[S, A, S]`` transition probabilities.
+      R: ``[S, A]`` expected immediate rewards.
+      policies: ``[..., S, A]`` action probabilities (any number of leading axes).
+      gamma: discount in ``[0, 1)``.
+
+    Returns:
+      ``[..., S]`` the values ``v_π`` of every policy.
+
+    Example:
+        >>> P, R = book_2x2().model()
+        >>> evaluate_policies(P, R, jnp.full((3, 4, 5), 0.2), 0.9).shape
+        (3, 4)
+    """
+    policies = jnp.asarray(policies)
+    if policies.ndim < 2:
+        raise ValueError(f"policies must have shape [..., S, A], got shape {policies.shape}")
+    flat = policies.reshape(-1, *policies.shape[-2:])
+    values = jax.vmap(lambda p: policy_evaluation(P, R, p, gamma).values)(flat)
+    return values.reshape(*policies.shape[:-1])
+
+
+def _epsilon_greedy_policy_iteration(P, R, gamma, epsilon, max_iters):
+    S, A = R.shape
+    policy0 = jnp.full((S, A), 1.0 / A, P.dtype)
+    improve = lambda q: _epsilon_greedy_jit(greedy_policy(q), epsilon)
+    policy, v, history, k = _improve_until_stable(P, R, gamma, policy0, improve, max_iters)
+    return _finish(P, R, v, gamma, history, k, policy)._replace(policy=policy)
+
+
+_epsilon_greedy_policy_iteration_jit = jax.jit(_epsilon_greedy_policy_iteration,
+                                               static_argnames=("max_iters",))
+
+
+def epsilon_greedy_policy_iteration(P, R, gamma, epsilon, *, max_iters: int = 100
+                                    ) -> DPResult:
+    """The best ε-greedy policy, by policy iteration within the ε-greedy policies.
+
+    From the uniform policy, ``v_{π_k}`` by a linear solve, then
+    ``π_{k+1} = ε-greedy(q_{π_k})`` (greedy action ``1 − ε(|A| − 1)/|A|``, others
+    ``ε/|A|``), until the policy repeats or ``max_iters`` improvements. By the policy
+    improvement theorem within the ε-soft policies, it converges to the optimal
+    ε-greedy policy; ``ε = 0`` is :func:`policy_iteration` from the uniform policy.
+    This is the exact reference that Monte Carlo ε-greedy control approaches.
+
+    Args:
+      P: ``[S, A, S]`` transition probabilities.
+      R: ``[S, A]`` expected immediate rewards.
+      gamma: discount in ``[0, 1)`` (may be traced).
+      epsilon: exploration rate in ``[0, 1]`` (may be traced, e.g. vmapped).
+      max_iters: cap on improvement steps (static; also the history length).
+
+    Returns:
+      :class:`DPResult` whose ``policy`` is the final **ε-greedy** policy ``[S, A]``,
+      ``values`` its values ``[S]``, ``history[k] = v_{π_k}`` ``[max_iters + 1, S]``,
+      ``num_iterations`` the improvement steps (the last one confirming stability),
+      ``residual`` ``‖T_π v − v‖∞`` and ``action_values`` ``q_π`` ``[S, A]``.
+
+    Raises:
+      ValueError: wrong shapes, ``gamma`` outside ``[0, 1)``, ``epsilon`` outside
+        ``[0, 1]``, ``max_iters < 1``.
+
+    Example:
+        >>> P, R = book_5x5(r_forbidden=-10.0).model()
+        >>> epsilon_greedy_policy_iteration(P, R, 0.9, 0.1).values[17]
+
+    Reference: Zhao (2025), §5.4 (optimality within ε-greedy policies); Sutton &
+    Barto (2018), §5.4 (policy improvement for ε-soft policies).
+    """
+    P, R = check_model(P, R)
+    check_gamma(gamma)
+    check_epsilon(epsilon)
+    max_iters = check_int(max_iters, "max_iters")
+    return _epsilon_greedy_policy_iteration_jit(P, R, gamma, epsilon, max_iters=max_iters)

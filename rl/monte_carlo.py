@@ -1,4 +1,4 @@
-"""Monte Carlo control on a grid world: MC Basic, Exploring Starts, ε-greedy.
+"""Monte Carlo control on a finite environment: MC Basic, Exploring Starts, ε-greedy.
 
 Model-free counterparts of policy iteration: action values are estimated from the
 discounted returns ``G_t = Σ_{i≥0} γ^i r_{t+i}`` of sampled episodes, then the
@@ -13,6 +13,15 @@ policy is improved greedily (or ε-greedily) with respect to them.
 * :func:`mc_epsilon_greedy`: the same with ε-greedy improvement,
   ``π(a*|s) = 1 − ε(|A| − 1)/|A|`` and ``π(a|s) = ε/|A|`` otherwise, so no
   exploring starts are needed.
+
+Environments. Any environment of the protocol in :mod:`rl.envs.protocol` with a
+finite state and action space works (``num_states``, ``num_actions``, observations
+that are state indices); starting episodes at chosen pairs (MC Basic, Exploring
+Starts, ``rollouts``) also needs ``reset_to(key, s)``. Anything else is refused with
+an error naming what is missing. An episode ends at the first ``step.done``: later
+steps of the fixed-length buffer are masked out (``Episode.mask``), carry zero
+reward and are never counted as visits. The grid world of :mod:`rl.envs.gridworld`
+has every capability and never ends an episode.
 
 Two options beyond the book, both off by default: ``memory < 1`` discounts the
 past returns by that factor at every policy update (an exponentially weighted
@@ -45,10 +54,25 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from rl.dp import TIE_TOL, _concrete, check_gamma, check_policy, greedy_policy
-from rl.envs.gridworld import GridWorld
+from common.checks import check_int, concrete_value
+from rl.dp import check_epsilon, check_gamma, check_policy, epsilon_greedy_policy, greedy_policy
+from rl.envs.protocol import check_environment
+
+__all__ = [
+    "Episode",
+    "MCResult",
+    "check_epsilon",
+    "discounted_returns",
+    "epsilon_greedy_policy",
+    "mc_basic",
+    "mc_epsilon_greedy",
+    "mc_exploring_starts",
+    "rollouts",
+    "sample_action",
+    "sample_episode",
+    "sample_episodes",
+]
 
 
 class Episode(NamedTuple):
@@ -57,12 +81,16 @@ class Episode(NamedTuple):
     Attributes:
       states: ``[..., T]`` int32 states ``s_0 … s_{T−1}``.
       actions: ``[..., T]`` int32 actions ``a_0 … a_{T−1}``.
-      rewards: ``[..., T]`` rewards ``r_1 … r_T`` (reward of taking ``a_t`` in ``s_t``).
+      rewards: ``[..., T]`` rewards ``r_1 … r_T`` (reward of taking ``a_t`` in ``s_t``;
+        0 outside the episode).
+      mask: ``[..., T]`` bool, step ``t`` belongs to the episode (False after the
+        step at which the environment ended it; always True for the grid world).
     """
 
     states: jax.Array
     actions: jax.Array
     rewards: jax.Array
+    mask: jax.Array
 
 
 class MCResult(NamedTuple):
@@ -91,37 +119,6 @@ class MCResult(NamedTuple):
 # ---------------------------------------------------------------------- policies
 
 
-def epsilon_greedy_policy(q, epsilon, tie_tol: float = TIE_TOL) -> jax.Array:
-    """The ε-greedy policy ``[S, A]`` of action values ``q`` ``[S, A]``.
-
-    ``π(a|s) = 1 − ε(|A| − 1)/|A|`` for the greedy action (first on ties) and
-    ``ε/|A|`` for every other action. ``ε = 0`` is greedy, ``ε = 1`` uniform.
-
-    Example:
-        >>> epsilon_greedy_policy(jnp.array([[0.0, 1.0]]), 0.5)
-        Array([[0.25, 0.75]], dtype=float32)
-    """
-    q = jnp.asarray(q)
-    check_epsilon(epsilon)
-    return _epsilon_greedy_jit(greedy_policy(q, tie_tol), epsilon)
-
-
-@jax.jit
-def _epsilon_greedy_jit(greedy, epsilon):
-    return (1.0 - epsilon) * greedy + epsilon / greedy.shape[-1]
-
-
-def check_epsilon(epsilon) -> None:
-    """Raise ``ValueError`` unless a concrete ``epsilon`` lies in ``[0, 1]``."""
-    e = _concrete(epsilon)
-    if e is None:
-        return
-    if e.shape != ():
-        raise ValueError(f"epsilon must be a scalar, got shape {e.shape}")
-    if not (0.0 <= float(e) <= 1.0):
-        raise ValueError(f"epsilon must be in [0, 1], got {float(e)}")
-
-
 def sample_action(policy, state, u) -> jax.Array:
     """Inverse-CDF draw from ``policy[state]`` with a uniform ``u ∈ [0, 1)``.
 
@@ -136,7 +133,34 @@ def _sample_from_cdf(cdf, state, u) -> jax.Array:
     return jnp.minimum(action, cdf.shape[-1] - 1).astype(jnp.int32)
 
 
+# ---------------------------------------------------------------------- checks
+
+
+def _check_env(env, start_from_state: bool) -> None:
+    """A finite environment of the protocol (with ``reset_to`` when episodes start
+    at chosen states), hashable because the algorithms jit with it as a static arg."""
+    check_environment(env, "env", finite=True, start_from_state=start_from_state,
+                      hashable=True)
+
+
+def _check_sampling(env, policy, start_from_state: bool) -> jax.Array:
+    _check_env(env, start_from_state)
+    return check_policy(policy, env.num_states, env.num_actions)
+
+
+def _initial_policy(env, initial_policy):
+    S, A = env.num_states, env.num_actions
+    if initial_policy is None:
+        return jnp.full((S, A), 1.0 / A, jnp.result_type(float))
+    return check_policy(initial_policy, S, A, "initial_policy")
+
+
 # ---------------------------------------------------------------------- episodes
+
+
+def _deterministic(env) -> bool:
+    """The environment declares that ``step`` ignores its key."""
+    return bool(getattr(env, "deterministic", False))
 
 
 def _bits_to_uniform(bits, dtype) -> jax.Array:
@@ -144,53 +168,74 @@ def _bits_to_uniform(bits, dtype) -> jax.Array:
     return (bits >> 9).astype(dtype) * (2.0**-23)
 
 
-def _rollout(world, cdf, env_key, s0, a0, uniforms) -> Episode:
-    """The episode fixed by its random inputs: ``s0``, ``a0`` (``< 0``: drawn from the
-    policy) and one uniform ``[T]`` per step for the action draws."""
-    deterministic = getattr(world, "deterministic", False)
+def _rollout(env, cdf, env_key, obs0, state0, a0, uniforms) -> Episode:
+    """The episode fixed by its start ``(obs0, state0)``, its first action ``a0``
+    (``< 0``: drawn from the policy) and one uniform ``[T]`` per step for the action
+    draws. Steps after the first ``done`` are masked out."""
+    deterministic = _deterministic(env)
 
-    def step(state, inputs):
+    def step(carry, inputs):
+        obs, state, alive = carry
         t, u = inputs
-        action = _sample_from_cdf(cdf, state, u)
+        action = _sample_from_cdf(cdf, obs, u)
         action = jnp.where((t == 0) & (a0 >= 0), a0, action)
-        # a deterministic world ignores its key: skip deriving one per step
+        # a deterministic environment ignores its key: skip deriving one per step
         key = env_key if deterministic else jax.random.fold_in(env_key, t)
-        next_state, reward = world.step(key, state, action)
-        return next_state, (state, action, reward.astype(cdf.dtype))
+        out = env.step(key, state, action)
+        reward = jnp.where(alive, out.reward, 0).astype(cdf.dtype)
+        carry = (jnp.asarray(out.obs, jnp.int32), out.state, alive & ~out.done)
+        return carry, (obs, action, reward, alive)
 
     steps = jnp.arange(uniforms.shape[0])
-    _, (states, actions, rewards) = jax.lax.scan(step, s0, (steps, uniforms))
-    return Episode(states, actions, rewards)
+    init = (jnp.asarray(obs0, jnp.int32), state0, jnp.bool_(True))
+    _, (states, actions, rewards, mask) = jax.lax.scan(step, init, (steps, uniforms))
+    return Episode(states, actions, rewards, mask)
 
 
-def _split_env_key(world, key):
-    """``(key for the random bits, key for the environment)``; a deterministic world
-    never uses its key, so it gets the same one and no split is spent."""
-    if getattr(world, "deterministic", False):
+def _split_env_key(env, key):
+    """``(key for the random bits, key for the environment)``; a deterministic
+    environment never uses its key, so it gets the same one and no split is spent."""
+    if _deterministic(env):
         return key, key
     key_bits, key_env = jax.random.split(key)
     return key_bits, key_env
 
 
-def _rollouts(world, cdf, key_env, s0, a0, uniforms) -> Episode:
-    """``vmap`` of :func:`_rollout` over ``[B]`` starts and ``[B, T]`` uniforms."""
-    B = s0.shape[0]
-    if getattr(world, "deterministic", False):
-        env_keys = jnp.broadcast_to(key_env, (B,))
-    else:
-        env_keys = jax.random.split(key_env, B)
-    return jax.vmap(lambda k, s, a, u: _rollout(world, cdf, k, s, a, u))(
-        env_keys, jnp.asarray(s0, jnp.int32), jnp.asarray(a0, jnp.int32), uniforms)
+def _rollouts(env, cdf, key_env, a0, uniforms, start_states=None, starts=None) -> Episode:
+    """``vmap`` of :func:`_rollout` over ``[B]`` episodes and ``[B, T]`` uniforms.
+
+    Episodes start in the states ``start_states [B]`` (``env.reset_to``) or at the
+    batched ``starts = (obs0, state0)`` of ``env.reset``.
+    """
+    B, T = uniforms.shape
+    deterministic = _deterministic(env)
+    env_keys = jnp.broadcast_to(key_env, (B,)) if deterministic else jax.random.split(key_env, B)
+    if starts is None:
+        reset_keys = env_keys if deterministic else jax.vmap(
+            lambda k: jax.random.fold_in(k, T))(env_keys)  # t < T: unused by the steps
+        starts = jax.vmap(env.reset_to)(reset_keys, jnp.asarray(start_states, jnp.int32))
+    obs0, state0 = starts
+    return jax.vmap(lambda k, o, s, a, u: _rollout(env, cdf, k, o, s, a, u))(
+        env_keys, obs0, state0, jnp.asarray(a0, jnp.int32), uniforms)
 
 
-def rollouts(world: GridWorld, policy, key, start_states, start_actions,
-             length: int) -> Episode:
+def _sample(env, policy, key, a0, length, start_states=None, starts=None) -> Episode:
+    """Episodes of ``length`` steps; the action draws of all of them come from one
+    call for ``[B, T]`` random bits."""
+    key_bits, key_env = _split_env_key(env, key)
+    bits = jax.random.bits(key_bits, (a0.shape[0], length), jnp.uint32)
+    uniforms = _bits_to_uniform(bits, policy.dtype)  # [B, T]
+    return _rollouts(env, jnp.cumsum(policy, axis=-1), key_env, a0, uniforms, start_states,
+                     starts)
+
+
+def rollouts(env, policy, key, start_states, start_actions, length: int) -> Episode:
     """A batch of episodes from given starts (the per-episode ``lax.scan``, vmapped).
 
     The action draws of all episodes come from one call for ``[B, T]`` random bits.
 
     Args:
-      world: the environment.
+      env: a finite environment with ``reset_to`` (see the module docstring).
       policy: ``[S, A]`` action probabilities.
       key: PRNG key.
       start_states: ``[B]`` int ``s_0``.
@@ -205,59 +250,62 @@ def rollouts(world: GridWorld, policy, key, start_states, start_actions,
         >>> rollouts(world, policy, key, pairs // 5, pairs % 5, 30).rewards.shape
         (125, 30)
     """
-    policy = jnp.asarray(policy)
+    policy = _check_sampling(env, policy, start_from_state=True)
     start_states = jnp.asarray(start_states)
     if start_states.ndim != 1 or jnp.shape(start_actions) != start_states.shape:
         raise ValueError("start_states and start_actions must both have shape [B], got "
                          f"{start_states.shape} and {jnp.shape(start_actions)}")
-    key_bits, key_env = _split_env_key(world, key)
-    bits = jax.random.bits(key_bits, (start_states.shape[0], length), jnp.uint32)
-    uniforms = _bits_to_uniform(bits, policy.dtype)  # [B, T]
-    return _rollouts(world, jnp.cumsum(policy, axis=-1), key_env, start_states,
-                     start_actions, uniforms)
+    length = check_int(length, "length")
+    return _sample(env, policy, key, jnp.asarray(start_actions, jnp.int32), length,
+                   start_states=start_states)
 
 
-def sample_episode(world: GridWorld, policy, key, length: int, start_state=None,
+def sample_episode(env, policy, key, length: int, start_state=None,
                    start_action=None) -> Episode:
     """One episode of ``length`` steps following ``policy`` (a ``lax.scan``).
 
     Args:
-      world: the environment (anything with ``reset(key)`` and ``step(key, s, a)``;
-        a world with ``deterministic = True`` receives the same key at every step).
+      env: a finite environment (an environment with ``deterministic = True``
+        receives the same key at every step); with ``start_state`` it also needs
+        ``reset_to``.
       policy: ``[S, A]`` action probabilities.
       key: PRNG key.
       length: number of steps ``T`` (static, >= 1).
-      start_state: int scalar ``s_0``; default ``world.reset``.
+      start_state: int scalar ``s_0``; default ``env.reset``.
       start_action: int scalar ``a_0``; default drawn from ``policy``.
 
     Returns:
-      :class:`Episode` with ``[T]`` states, actions and rewards.
+      :class:`Episode` with ``[T]`` states, actions, rewards and mask.
 
     Example:
         >>> ep = sample_episode(world, policy, jax.random.key(0), 100, start_state=0)
     """
+    policy = _check_sampling(env, policy, start_from_state=start_state is not None)
+    length = check_int(length, "length")
+    a0 = jnp.asarray(-1 if start_action is None else start_action, jnp.int32)[None]
     if start_state is None:
         key, key_reset = jax.random.split(key)
-        start_state = world.reset(key_reset)
-    a0 = -1 if start_action is None else start_action
-    episodes = rollouts(world, policy, key, jnp.asarray(start_state, jnp.int32)[None],
-                        jnp.asarray(a0, jnp.int32)[None], length)
+        starts = jax.tree.map(lambda x: jnp.asarray(x)[None], env.reset(key_reset))
+        episodes = _sample(env, policy, key, a0, length, starts=starts)
+    else:
+        episodes = _sample(env, policy, key, a0, length,
+                           start_states=jnp.asarray(start_state, jnp.int32)[None])
     return jax.tree.map(lambda x: x[0], episodes)
 
 
-def sample_episodes(world: GridWorld, policy, key, num_episodes: int, length: int,
+def sample_episodes(env, policy, key, num_episodes: int, length: int,
                     exploring_starts: bool = False) -> Episode:
     """A batch of independent episodes: the per-episode ``lax.scan``, vmapped.
 
     Args:
-      world: the environment.
+      env: a finite environment (with ``reset_to`` for exploring starts).
       policy: ``[S, A]`` action probabilities.
       key: PRNG key.
       num_episodes: ``B`` (static).
       length: ``T`` (static).
       exploring_starts: draw the first pair ``(s_0, a_0)`` uniformly over all
-        ``S × A`` pairs (modulo bias below 1e-7); otherwise ``s_0 = world.reset``
-        and ``a_0 ~ π``.
+        ``S × A`` pairs (modulo bias below 1e-7); otherwise ``s_0`` comes from
+        ``env.reset`` and ``a_0 ~ π``.
 
     Returns:
       :class:`Episode` with ``[B, T]`` fields.
@@ -267,19 +315,22 @@ def sample_episodes(world: GridWorld, policy, key, num_episodes: int, length: in
         >>> eps.rewards.shape
         (1024, 100)
     """
-    policy = jnp.asarray(policy)
+    policy = _check_sampling(env, policy, start_from_state=exploring_starts)
+    num_episodes = check_int(num_episodes, "num_episodes", 0)
+    length = check_int(length, "length")
     S, A = policy.shape
     if not exploring_starts:
         key, key_reset = jax.random.split(key)
-        s0 = jax.vmap(world.reset)(jax.random.split(key_reset, num_episodes))
-        return rollouts(world, policy, key, s0, jnp.full_like(s0, -1), length)
+        starts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
+        return _sample(env, policy, key, jnp.full((num_episodes,), -1, jnp.int32), length,
+                       starts=starts)
     # one draw of random bits: T columns for the actions, one for the start pair
-    key_bits, key_env = _split_env_key(world, key)
+    key_bits, key_env = _split_env_key(env, key)
     bits = jax.random.bits(key_bits, (num_episodes, length + 1), jnp.uint32)
     pairs = (bits[:, length] % (S * A)).astype(jnp.int32)  # [B]
     uniforms = _bits_to_uniform(bits[:, :length], policy.dtype)  # [B, T]
-    return _rollouts(world, jnp.cumsum(policy, axis=-1), key_env, pairs // A, pairs % A,
-                     uniforms)
+    return _rollouts(env, jnp.cumsum(policy, axis=-1), key_env, pairs % A, uniforms,
+                     start_states=pairs // A)
 
 
 def discounted_returns(rewards, gamma) -> jax.Array:
@@ -307,40 +358,19 @@ def discounted_returns(rewards, gamma) -> jax.Array:
     return jnp.moveaxis(returns, 0, -1)
 
 
-# ---------------------------------------------------------------------- checks
-
-
-def _check_world(world) -> None:
-    if not isinstance(world, GridWorld):
-        raise ValueError(f"world must be a GridWorld, got {type(world).__name__}")
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _initial_policy(world: GridWorld, initial_policy):
-    S, A = world.num_states, world.num_actions
-    if initial_policy is None:
-        return jnp.full((S, A), 1.0 / A, jnp.result_type(float))
-    return check_policy(initial_policy, S, A, "initial_policy")
-
-
 # ---------------------------------------------------------------------- MC Basic
 
 
-def _mc_basic(world, key, initial_policy, gamma, episode_length, num_iterations,
+def _mc_basic(env, key, initial_policy, gamma, episode_length, num_iterations,
               episodes_per_pair, max_length):
-    S, A, n = world.num_states, world.num_actions, episodes_per_pair
+    S, A, n = env.num_states, env.num_actions, episodes_per_pair
     pairs = jnp.arange(S * A * n) // n  # [S*A*n], pair index s * A + a
     mask = jnp.arange(max_length) < episode_length  # [T]
     discount = jnp.where(mask, gamma ** jnp.arange(max_length, dtype=initial_policy.dtype), 0.0)
 
     def iteration(carry, k):
         policy, _ = carry
-        episodes = rollouts(world, policy, jax.random.fold_in(key, k), pairs // A, pairs % A,
+        episodes = rollouts(env, policy, jax.random.fold_in(key, k), pairs // A, pairs % A,
                             max_length)
         returns = episodes.rewards @ discount  # [S*A*n]: G_0 of each episode
         q = returns.reshape(S, A, n).mean(axis=-1)  # [S, A]
@@ -355,11 +385,11 @@ def _mc_basic(world, key, initial_policy, gamma, episode_length, num_iterations,
     return MCResult(jnp.sum(policy * q, -1), policy, q, counts, history, changes)
 
 
-_mc_basic_jit = jax.jit(_mc_basic, static_argnames=("world", "num_iterations",
+_mc_basic_jit = jax.jit(_mc_basic, static_argnames=("env", "num_iterations",
                                                     "episodes_per_pair", "max_length"))
 
 
-def mc_basic(world: GridWorld, episode_length, gamma, *, num_iterations: int = 10,
+def mc_basic(env, episode_length, gamma, *, num_iterations: int = 10,
              key=None, initial_policy=None, episodes_per_pair: int = 1,
              max_length: int | None = None) -> MCResult:
     """MC Basic: policy iteration with Monte Carlo action values.
@@ -367,18 +397,19 @@ def mc_basic(world: GridWorld, episode_length, gamma, *, num_iterations: int = 1
     Iteration ``k``: for every pair ``(s, a)``, ``n`` episodes of ``L`` steps start
     with ``(s, a)`` and then follow ``π_k``;
     ``q_k(s, a) = mean of Σ_{t<L} γ^t r_{t+1}``; ``π_{k+1} = greedy(q_k)``. With a
-    deterministic world and policy one episode per pair is exact for the
-    ``L``-step truncated return, so short episodes only "see" the target from
-    states within ``L`` steps of it.
+    deterministic environment and policy one episode per pair is exact for the
+    ``L``-step truncated return, so in the grid world short episodes only "see" the
+    target from states within ``L`` steps of it.
 
     Args:
-      world: the grid world (static).
+      env: a finite environment with ``reset_to`` (static; see the module docstring),
+        e.g. the grid world.
       episode_length: ``L`` >= 1. May be traced (e.g. vmapped over lengths) when
         ``max_length`` is given: episodes then run ``max_length`` steps and
         rewards after step ``L`` are masked out.
       gamma: discount in ``[0, 1)``.
       num_iterations: policy-iteration steps ``K`` (static).
-      key: PRNG key (default ``jax.random.key(0)``); only matters when the world or
+      key: PRNG key (default ``jax.random.key(0)``); only matters when the env or
         a policy is stochastic, e.g. the default uniform initial policy.
       initial_policy: ``[S, A]`` ``π_0`` (default uniform).
       episodes_per_pair: ``n`` episodes averaged per pair (static).
@@ -389,19 +420,20 @@ def mc_basic(world: GridWorld, episode_length, gamma, *, num_iterations: int = 1
       ``greedy(q_{K−1})`` and ``history[k] = max_a q_k``.
 
     Raises:
-      ValueError: ``gamma`` outside ``[0, 1)``, ``initial_policy`` rows not summing
-        to 1, lengths or counts below 1, ``episode_length > max_length``.
+      ValueError: an ``env`` without a finite state/action space or ``reset_to``,
+        ``gamma`` outside ``[0, 1)``, ``initial_policy`` rows not summing to 1,
+        lengths or counts below 1, ``episode_length > max_length``.
 
     Example:
         >>> mc_basic(book_5x5(), episode_length=30, gamma=0.9).values.reshape(5, 5)
 
     Reference: Zhao (2025), §5.2, Algorithm 5.1.
     """
-    _check_world(world)
+    _check_env(env, start_from_state=True)
     check_gamma(gamma)
-    num_iterations = _check_int(num_iterations, "num_iterations")
-    episodes_per_pair = _check_int(episodes_per_pair, "episodes_per_pair")
-    length = _concrete(episode_length)
+    num_iterations = check_int(num_iterations, "num_iterations")
+    episodes_per_pair = check_int(episodes_per_pair, "episodes_per_pair")
+    length = concrete_value(episode_length)
     if length is None:
         if max_length is None:
             raise ValueError("episode_length is traced: pass a static max_length")
@@ -411,36 +443,37 @@ def mc_basic(world: GridWorld, episode_length, gamma, *, num_iterations: int = 1
         raise ValueError(f"episode_length must be >= 1, got {int(length)}")
     elif max_length is None:
         max_length = int(length)
-    max_length = _check_int(max_length, "max_length")
+    max_length = check_int(max_length, "max_length")
     if length is not None and not 1 <= int(length) <= max_length:
         raise ValueError(f"episode_length must be in [1, max_length={max_length}], "
                          f"got {int(length)}")
-    policy = _initial_policy(world, initial_policy)
+    policy = _initial_policy(env, initial_policy)
     key = jax.random.key(0) if key is None else key
-    return _mc_basic_jit(world, key, policy, gamma, episode_length, num_iterations=num_iterations,
+    return _mc_basic_jit(env, key, policy, gamma, episode_length, num_iterations=num_iterations,
                          episodes_per_pair=episodes_per_pair, max_length=max_length)
 
 
 # ---------------------------------------------------------------------- MC with every visit
 
 
-def _mc_control(world, key, epsilon, gamma, initial_policy, memory, num_updates,
+def _mc_control(env, key, epsilon, gamma, initial_policy, memory, num_updates,
                 episodes_per_update, episode_length, exploring_starts, tail_steps):
-    S, A = world.num_states, world.num_actions
+    S, A = env.num_states, env.num_actions
     dtype = initial_policy.dtype
 
     def update(carry, k):
         policy, sums, counts = carry
-        episodes = sample_episodes(world, policy, jax.random.fold_in(key, k),
+        episodes = sample_episodes(env, policy, jax.random.fold_in(key, k),
                                    episodes_per_update, episode_length + tail_steps,
                                    exploring_starts)
         returns = discounted_returns(episodes.rewards, gamma)  # [B, T + tail], backwards
         returns = returns[:, :episode_length].ravel()  # visits of the tail are not recorded
         pairs = (episodes.states[:, :episode_length] * A
                  + episodes.actions[:, :episode_length]).ravel()  # [B * T] flat (s, a)
+        visits = episodes.mask[:, :episode_length].ravel().astype(dtype)  # in-episode steps
         # one scatter for both statistics: [S * A, 2] = (sum of returns, visits)
         batch = jnp.zeros((S * A, 2), dtype).at[pairs].add(
-            jnp.stack([returns, jnp.ones_like(returns)], axis=-1)).reshape(S, A, 2)
+            jnp.stack([returns, visits], axis=-1)).reshape(S, A, 2)
         sums = memory * sums + batch[..., 0]
         counts = memory * counts + batch[..., 1]
         q = jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1.0), 0.0)
@@ -458,33 +491,33 @@ def _mc_control(world, key, epsilon, gamma, initial_policy, memory, num_updates,
 
 
 _mc_control_jit = jax.jit(_mc_control, static_argnames=(
-    "world", "num_updates", "episodes_per_update", "episode_length", "exploring_starts",
+    "env", "num_updates", "episodes_per_update", "episode_length", "exploring_starts",
     "tail_steps"))
 
 
-def _run_mc_control(world, key, epsilon, gamma, num_episodes, episode_length,
+def _run_mc_control(env, key, epsilon, gamma, num_episodes, episode_length,
                     episodes_per_update, initial_policy, exploring_starts, memory, tail_steps):
-    _check_world(world)
+    _check_env(env, start_from_state=exploring_starts)
     check_gamma(gamma)
     check_epsilon(epsilon)
-    num_episodes = _check_int(num_episodes, "num_episodes")
-    episode_length = _check_int(episode_length, "episode_length")
-    episodes_per_update = _check_int(episodes_per_update, "episodes_per_update")
+    num_episodes = check_int(num_episodes, "num_episodes")
+    episode_length = check_int(episode_length, "episode_length")
+    episodes_per_update = check_int(episodes_per_update, "episodes_per_update")
     if num_episodes % episodes_per_update:
         raise ValueError(f"num_episodes ({num_episodes}) must be a multiple of "
                          f"episodes_per_update ({episodes_per_update})")
-    policy = _initial_policy(world, initial_policy)
-    m = _concrete(memory)
+    policy = _initial_policy(env, initial_policy)
+    m = concrete_value(memory)
     if m is not None and (m.shape != () or not 0.0 < float(m) <= 1.0):
         raise ValueError(f"memory must be in (0, 1], got {memory!r}")
-    return _mc_control_jit(world, key, epsilon, gamma, policy, memory,
+    return _mc_control_jit(env, key, epsilon, gamma, policy, memory,
                            num_updates=num_episodes // episodes_per_update,
                            episodes_per_update=episodes_per_update,
                            episode_length=episode_length, exploring_starts=exploring_starts,
-                           tail_steps=_check_int(tail_steps, "tail_steps", 0))
+                           tail_steps=check_int(tail_steps, "tail_steps", 0))
 
 
-def mc_exploring_starts(world: GridWorld, key, *, gamma, num_episodes: int,
+def mc_exploring_starts(env, key, *, gamma, num_episodes: int,
                         episode_length: int, episodes_per_update: int = 1,
                         initial_policy=None, memory=1.0, tail_steps: int = 0) -> MCResult:
     """MC Exploring Starts: every-visit returns, greedy improvement at visited states.
@@ -499,7 +532,8 @@ def mc_exploring_starts(world: GridWorld, key, *, gamma, num_episodes: int,
     lock the policy into staying put, which ``memory < 1`` avoids.
 
     Args:
-      world: the grid world (static).
+      env: a finite environment with ``reset_to`` (static; see the module docstring),
+        e.g. the grid world.
       key: PRNG key.
       gamma: discount in ``[0, 1)``.
       num_episodes: total episodes (static; a multiple of ``episodes_per_update``).
@@ -515,7 +549,8 @@ def mc_exploring_starts(world: GridWorld, key, *, gamma, num_episodes: int,
       :class:`MCResult` (``history``/``policy_changes`` per update).
 
     Raises:
-      ValueError: ``gamma`` outside ``[0, 1)``, ``memory`` outside ``(0, 1]``,
+      ValueError: an ``env`` without a finite state/action space or ``reset_to``,
+        ``gamma`` outside ``[0, 1)``, ``memory`` outside ``(0, 1]``,
         ``initial_policy`` rows not summing to 1, bad counts.
 
     Example:
@@ -524,11 +559,11 @@ def mc_exploring_starts(world: GridWorld, key, *, gamma, num_episodes: int,
 
     Reference: Zhao (2025), §5.3, Algorithm 5.2.
     """
-    return _run_mc_control(world, key, 0.0, gamma, num_episodes, episode_length,
+    return _run_mc_control(env, key, 0.0, gamma, num_episodes, episode_length,
                            episodes_per_update, initial_policy, True, memory, tail_steps)
 
 
-def mc_epsilon_greedy(world: GridWorld, key, *, epsilon, gamma, num_episodes: int,
+def mc_epsilon_greedy(env, key, *, epsilon, gamma, num_episodes: int,
                       episode_length: int, episodes_per_update: int = 1,
                       initial_policy=None, exploring_starts: bool = False,
                       memory=1.0, tail_steps: int = 0) -> MCResult:
@@ -537,11 +572,12 @@ def mc_epsilon_greedy(world: GridWorld, key, *, epsilon, gamma, num_episodes: in
     As :func:`mc_exploring_starts`, but the improvement is ε-greedy,
     ``π(a*|s) = 1 − ε(|A| − 1)/|A|``, ``π(a|s) = ε/|A|`` for ``a ≠ a*``, so every
     action keeps being tried and episodes may start anywhere
-    (``s_0 = world.reset``, ``a_0 ~ π``). Vmappable over ``key``, ``epsilon`` and
+    (``s_0`` from ``env.reset``, ``a_0 ~ π``). Vmappable over ``key``, ``epsilon`` and
     ``gamma``.
 
     Args:
-      world: the grid world (static).
+      env: a finite environment (static; with ``reset_to`` for exploring starts),
+        e.g. the grid world.
       key: PRNG key.
       epsilon: exploration rate in ``[0, 1]`` (may be traced).
       gamma: discount in ``[0, 1)`` (may be traced).
@@ -558,7 +594,8 @@ def mc_epsilon_greedy(world: GridWorld, key, *, epsilon, gamma, num_episodes: in
       :class:`MCResult` (``policy`` is ε-greedy).
 
     Raises:
-      ValueError: ``epsilon`` outside ``[0, 1]``, ``gamma`` outside ``[0, 1)``,
+      ValueError: an ``env`` lacking what the options need, ``epsilon`` outside
+        ``[0, 1]``, ``gamma`` outside ``[0, 1)``,
         ``memory`` outside ``(0, 1]``, ``initial_policy`` rows not summing to 1,
         bad counts.
 
@@ -569,6 +606,6 @@ def mc_epsilon_greedy(world: GridWorld, key, *, epsilon, gamma, num_episodes: in
 
     Reference: Zhao (2025), §5.4, Algorithm 5.3.
     """
-    return _run_mc_control(world, key, epsilon, gamma, num_episodes, episode_length,
+    return _run_mc_control(env, key, epsilon, gamma, num_episodes, episode_length,
                            episodes_per_update, initial_policy, exploring_starts, memory,
                            tail_steps)

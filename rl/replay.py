@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from common.checks import is_concrete, shape_of
+
 __all__ = ["ReplayState", "add", "add_batch", "can_sample", "init", "sample"]
 
 
@@ -59,10 +61,6 @@ class ReplayState:
     def capacity(self) -> int:
         """The number of slots (static: the leading size of the storage leaves)."""
         return int(jax.tree.leaves(self.storage)[0].shape[0])
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def init(example: Any, capacity: int) -> ReplayState:
@@ -103,10 +101,10 @@ def _check_structure(state: ReplayState, transition: Any, leading: tuple[int, ..
     for (path, slot), leaf in zip(paths, jax.tree.leaves(transition), strict=True):
         expected = (*leading, *slot.shape[1:])
         label = jax.tree_util.keystr(path) or "<root>"
-        if tuple(jnp.shape(leaf)) != expected:
+        if shape_of(leaf) != expected:
             dims = ", ".join(str(d) for d in expected)
             raise ValueError(f"{name} leaf {label} must have shape [{dims}], "
-                             f"got {tuple(jnp.shape(leaf))}")
+                             f"got {shape_of(leaf)}")
         if jnp.result_type(leaf) != slot.dtype:
             raise ValueError(f"{name} leaf {label} must have dtype {slot.dtype}, "
                              f"got {jnp.result_type(leaf)}")
@@ -196,7 +194,7 @@ def sample(state: ReplayState, key: jax.Array, batch_size: int) -> Any:
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if _is_concrete(state.size) and int(state.size) < batch_size:
+    if is_concrete(state.size) and int(state.size) < batch_size:
         raise ValueError(f"batch_size {batch_size} exceeds the {int(state.size)} transitions "
                          f"in the buffer (capacity {state.capacity}); add more first or "
                          "sample a smaller batch")

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_int
+
 StepSize = float | Callable[[jax.Array], jax.Array] | None
 
 
@@ -49,13 +51,6 @@ def _step_sizes(step_size: StepSize, num_steps: int, dtype) -> jax.Array:
     if isinstance(step_size, (int, float, np.number)) and not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     return jnp.full((num_steps,), step_size, dtype)
-
-
-def _check_steps(num_steps, name: str = "num_steps") -> int:
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or \
-            num_steps < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {num_steps!r}")
-    return int(num_steps)
 
 
 def incremental_mean(x, step_size: StepSize = None, w1=None) -> jax.Array:
@@ -122,7 +117,7 @@ def robbins_monro(g: Callable, w1, num_steps: int, step_size: StepSize = lambda 
 
     Reference: Robbins & Monro (1951); Zhao (2025), §6.2.
     """
-    num_steps = _check_steps(num_steps)
+    num_steps = check_int(num_steps, "num_steps", 0)
     w1 = jnp.asarray(w1, jnp.result_type(jnp.asarray(w1).dtype, float))
     alphas = _step_sizes(step_size, num_steps, w1.dtype)
     key = jax.random.key(0) if key is None else key
@@ -206,11 +201,10 @@ def mbgd_mean(x, w1, num_steps: int, batch_size: int, key, step_size: StepSize =
 
     Reference: Zhao (2025), §6.4.
     """
-    num_steps = _check_steps(num_steps)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    num_steps = check_int(num_steps, "num_steps", 0)
+    batch_size = check_int(batch_size, "batch_size")
     x, w1 = _check_data(x, w1)
-    return _gd_mean(x, w1, num_steps, int(batch_size), step_size, key)
+    return _gd_mean(x, w1, num_steps, batch_size, step_size, key)
 
 
 def sgd_mean(x, w1, num_steps: int, key, step_size: StepSize = None) -> jax.Array:
@@ -247,6 +241,6 @@ def bgd_mean(x, w1, num_steps: int, step_size: StepSize = None) -> jax.Array:
 
     Reference: Zhao (2025), §6.4.
     """
-    num_steps = _check_steps(num_steps)
+    num_steps = check_int(num_steps, "num_steps", 0)
     x, w1 = _check_data(x, w1)
     return _gd_mean(x, w1, num_steps, None, step_size, None)

@@ -1,2 +1,3 @@
-"""Vision: boxes and matching, DETR, face recognition, pose regression, and a
-vision-language model with a mixture-of-experts decoder."""
+"""Vision: box geometry (``vision.boxes``), exact assignment (``vision.matching``), DETR
+set prediction (``vision.detr``), COCO evaluation (``vision.coco``) and the synthetic
+shapes data set (``vision.shapes``)."""

@@ -79,7 +79,8 @@ def _train_step(cfg, matcher: str):
     model = DETR(cfg.model, rngs=nnx.Rngs(0))
     tx = build_optimizer(dataclasses.replace(cfg.optim, total_steps=cfg.steps))
     state = TrainState.create(model, tx, jax.random.key(0))
-    step = jax.jit(train_step_fn(make_loss_fn(state.graphdef, state.rest, criterion), tx))
+    step = jax.jit(train_step_fn(make_loss_fn(state.graphdef, criterion), tx,
+                                 updates_rest=True))
     return state, step
 
 

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_float_dtype, is_concrete, shape_str
+
 __all__ = [
     "box_area",
     "box_cxcywh_to_xyxy",
@@ -38,25 +40,14 @@ __all__ = [
     "elementwise_generalized_box_iou",
     "generalized_box_iou",
     "giou_loss",
-    "is_concrete",
 ]
-
-
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def is_concrete(x) -> bool:
-    """Whether ``x`` holds values now (not a tracer inside ``jit``/``grad``/``vmap``)."""
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _check_last4(boxes, name: str, spec: str, ndim: int | None = None) -> jax.Array:
     boxes = jnp.asarray(boxes)
     if boxes.ndim < 1 or boxes.shape[-1] != 4 or (ndim is not None and boxes.ndim != ndim):
-        raise ValueError(f"{name} must have shape {spec}, got shape {_shape_str(boxes.shape)}")
-    if not jnp.issubdtype(boxes.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {boxes.dtype}")
+        raise ValueError(f"{name} must have shape {spec}, got shape {shape_str(boxes.shape)}")
+    check_float_dtype(boxes, name)
     return boxes
 
 
@@ -238,7 +229,7 @@ def _elementwise_inputs(boxes1, boxes2):
     boxes2 = _check_last4(boxes2, "boxes2", "[..., 4] (x0, y0, x1, y1)")
     if boxes1.shape != boxes2.shape:
         raise ValueError(f"boxes1 and boxes2 must have the same shape [..., 4], got "
-                         f"{_shape_str(boxes1.shape)} and {_shape_str(boxes2.shape)}")
+                         f"{shape_str(boxes1.shape)} and {shape_str(boxes2.shape)}")
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
     dtype = jnp.promote_types(boxes1.dtype, boxes2.dtype)

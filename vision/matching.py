@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import is_concrete, shape_str
 from common.registry import Registry
 
 __all__ = [
@@ -63,10 +64,6 @@ __all__ = [
 MATCHERS: Registry[Callable] = Registry("matcher")
 
 
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
 def check_cost(cost, name: str = "cost") -> jax.Array:
     """Check a cost matrix: ``[N, M]``, floating point, and (when concrete) finite.
 
@@ -83,13 +80,13 @@ def check_cost(cost, name: str = "cost") -> jax.Array:
     """
     cost = jnp.asarray(cost)
     if cost.ndim != 2:
-        raise ValueError(f"{name} must have shape [N, M], got shape {_shape_str(cost.shape)}")
+        raise ValueError(f"{name} must have shape [N, M], got shape {shape_str(cost.shape)}")
     if not jnp.issubdtype(cost.dtype, jnp.floating):
         if jnp.issubdtype(cost.dtype, jnp.integer) or cost.dtype == jnp.bool_:
             cost = cost.astype(jnp.float32)
         else:
             raise ValueError(f"{name} must be a real matrix, got dtype {cost.dtype}")
-    if not isinstance(cost, jax.core.Tracer) and cost.size:
+    if is_concrete(cost) and cost.size:
         finite = np.isfinite(np.asarray(cost))
         if not finite.all():
             i, j = np.argwhere(~finite)[0]
@@ -104,7 +101,7 @@ def _check_mask(mask, size: int, name: str, spec: str) -> jax.Array | None:
     mask = jnp.asarray(mask)
     if mask.shape != (size,):
         raise ValueError(f"{name} must have shape {spec} = ({size},), got "
-                         f"{_shape_str(mask.shape)}")
+                         f"{shape_str(mask.shape)}")
     if mask.dtype != jnp.bool_:
         raise ValueError(f"{name} must be boolean (True = real entry), got dtype {mask.dtype}")
     return mask

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.checks import check_rank, shape_of, shape_str
 from common.nn.rope import apply_rope, apply_rope_2d
 
 __all__ = [
@@ -44,23 +45,14 @@ Implementation = Literal["xla", "einsum"] | None
 # ----------------------------------------------------------------------------- checks
 
 
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _check_ndim(x, name: str, spec: str, ndim: int) -> None:
-    if jnp.ndim(x) != ndim:
-        raise ValueError(f"{name} must have shape {spec}, got shape {_shape_str(jnp.shape(x))}")
-
-
 def _check_broadcastable(x, name: str, target: tuple[int, ...], spec: str) -> None:
     """Each dimension of ``x`` must be 1 or equal to the target dimension."""
-    _check_ndim(x, name, spec, len(target))
+    check_rank(x, name, len(target), spec)
     for have, want in zip(jnp.shape(x), target, strict=True):
         if have not in (1, want):
             raise ValueError(
-                f"{name} must be broadcastable to {spec} = {_shape_str(target)}, "
-                f"got shape {_shape_str(jnp.shape(x))}"
+                f"{name} must be broadcastable to {spec} = {shape_str(target)}, "
+                f"got shape {shape_str(shape_of(x))}"
             )
 
 
@@ -88,7 +80,7 @@ def padding_mask(kv_valid: jax.Array) -> jax.Array:
       >>> padding_mask(jnp.array([[True, True, False]])).shape
       (1, 1, 1, 3)
     """
-    _check_ndim(kv_valid, "kv_valid", "[B, S]", 2)
+    check_rank(kv_valid, "kv_valid", 2, "[B, S]")
     _check_bool(kv_valid, "kv_valid")
     return kv_valid[:, None, None, :]
 
@@ -140,14 +132,14 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array | None = No
       >>> segment_mask(ids)[0, 0].astype(int).tolist()
       [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     """
-    _check_ndim(q_segment_ids, "q_segment_ids", "[B, T]", 2)
+    check_rank(q_segment_ids, "q_segment_ids", 2, "[B, T]")
     if kv_segment_ids is None:
         kv_segment_ids = q_segment_ids
-    _check_ndim(kv_segment_ids, "kv_segment_ids", "[B, S]", 2)
+    check_rank(kv_segment_ids, "kv_segment_ids", 2, "[B, S]")
     if kv_segment_ids.shape[0] != q_segment_ids.shape[0]:
         raise ValueError(
             "kv_segment_ids must have shape [B, S] with the same B as q_segment_ids, got "
-            f"{_shape_str(kv_segment_ids.shape)} and {_shape_str(q_segment_ids.shape)}"
+            f"{shape_str(kv_segment_ids.shape)} and {shape_str(q_segment_ids.shape)}"
         )
     return q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
 
@@ -170,12 +162,12 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     if not present:
         return None
     for i, m in enumerate(present):
-        _check_ndim(m, f"masks[{i}]", "[B, H, T, S] (rank 4, broadcastable)", 4)
+        check_rank(m, f"masks[{i}]", 4, "[B, H, T, S] (rank 4, broadcastable)")
         _check_bool(m, f"masks[{i}]")
     try:
         jnp.broadcast_shapes(*(m.shape for m in present))
     except ValueError:
-        shapes = ", ".join(_shape_str(m.shape) for m in present)
+        shapes = ", ".join(shape_str(m.shape) for m in present)
         raise ValueError(f"masks must broadcast together, got shapes {shapes}") from None
     out = present[0]
     for m in present[1:]:
@@ -263,20 +255,20 @@ def dot_product_attention(
     Paper: Vaswani et al. 2017, "Attention Is All You Need", eq. (1); GQA: Ainslie
     et al. 2023.
     """
-    _check_ndim(q, "q", "[B, T, H, D]", 4)
-    _check_ndim(k, "k", "[B, S, H_kv, D]", 4)
-    _check_ndim(v, "v", "[B, S, H_kv, D]", 4)
+    check_rank(q, "q", 4, "[B, T, H, D]")
+    check_rank(k, "k", 4, "[B, S, H_kv, D]")
+    check_rank(v, "v", 4, "[B, S, H_kv, D]")
     B, T, H, D = q.shape
     _, S, K, _ = k.shape
     if k.shape[0] != B or k.shape[3] != D:
         raise ValueError(
             f"k must have shape [B, S, H_kv, D] = ({B}, S, H_kv, {D}) to match q, "
-            f"got {_shape_str(k.shape)}"
+            f"got {shape_str(k.shape)}"
         )
     if v.shape != k.shape:
         raise ValueError(
-            f"v must have shape [B, S, H_kv, D] = {_shape_str(k.shape)} like k, "
-            f"got {_shape_str(v.shape)}"
+            f"v must have shape [B, S, H_kv, D] = {shape_str(k.shape)} like k, "
+            f"got {shape_str(v.shape)}"
         )
     if K == 0 or H % K != 0:
         raise ValueError(
@@ -345,7 +337,7 @@ def _positions_for(
         if jnp.ndim(positions) not in (1, 2) or jnp.shape(positions)[-1] != length:
             raise ValueError(
                 f"{name} must have shape [B, {length}] or [{length}] for 1D rope, "
-                f"got shape {_shape_str(jnp.shape(positions))}"
+                f"got shape {shape_str(shape_of(positions))}"
             )
         return positions
     if positions is None:
@@ -355,7 +347,7 @@ def _positions_for(
     if jnp.ndim(positions) not in (2, 3) or jnp.shape(positions)[-2:] != (length, 2):
         raise ValueError(
             f"{name} must have shape [B, {length}, 2] or [{length}, 2] (row, col) for 2D rope, "
-            f"got shape {_shape_str(jnp.shape(positions))}"
+            f"got shape {shape_str(shape_of(positions))}"
         )
     return positions
 
@@ -495,21 +487,21 @@ class MultiHeadAttention(nnx.Module):
         self_attention = x_kv is None
         x_kv = x_q if x_kv is None else x_kv
         x_v = x_kv if x_v is None else x_v
-        _check_ndim(x_q, "x_q", f"[B, T, {self.in_features}]", 3)
+        check_rank(x_q, "x_q", 3, f"[B, T, {self.in_features}]")
         if x_q.shape[-1] != self.in_features:
             raise ValueError(
-                f"x_q must have shape [B, T, {self.in_features}], got {_shape_str(x_q.shape)}"
+                f"x_q must have shape [B, T, {self.in_features}], got {shape_str(x_q.shape)}"
             )
         B, T, _ = x_q.shape
         spec = f"[{B}, S, {self.kv_features}]"
         for name, x in (("x_kv", x_kv), ("x_v", x_v)):
-            _check_ndim(x, name, spec, 3)
+            check_rank(x, name, 3, spec)
             if x.shape[0] != B or x.shape[-1] != self.kv_features:
-                raise ValueError(f"{name} must have shape {spec}, got {_shape_str(x.shape)}")
+                raise ValueError(f"{name} must have shape {spec}, got {shape_str(x.shape)}")
         if x_v.shape != x_kv.shape:
             raise ValueError(
-                f"x_v must have the shape of x_kv {_shape_str(x_kv.shape)}, "
-                f"got {_shape_str(x_v.shape)}"
+                f"x_v must have the shape of x_kv {shape_str(x_kv.shape)}, "
+                f"got {shape_str(x_v.shape)}"
             )
         S = x_kv.shape[1]
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.checks import shape_of, shape_str
+
 __all__ = ["ACTIVATIONS", "MLP", "GatedMLP", "SwiGLU", "get_activation"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -58,7 +60,7 @@ def get_activation(activation: str | Callable[[jax.Array], jax.Array]) -> Callab
 
 def _check_features(x: jax.Array, n: int, name: str = "x") -> None:
     if jnp.ndim(x) < 1 or x.shape[-1] != n:
-        raise ValueError(f"{name} must have shape [..., {n}], got shape {tuple(jnp.shape(x))}")
+        raise ValueError(f"{name} must have shape [..., {n}], got shape {shape_str(shape_of(x))}")
 
 
 class MLP(nnx.Module):

@@ -11,11 +11,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from common.checks import shape_str
+
 __all__ = ["sine_position_encoding_2d", "sinusoidal_position_encoding"]
-
-
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
 def sinusoidal_position_encoding(
@@ -51,7 +49,7 @@ def sinusoidal_position_encoding(
     if positions.ndim not in (1, 2):
         raise ValueError(
             f"positions must be an int or have shape [T] or [B, T], got shape "
-            f"{_shape_str(positions.shape)}"
+            f"{shape_str(positions.shape)}"
         )
     compute = jnp.promote_types(dtype, jnp.float32)
     inv_freq = jnp.asarray(base, compute) ** -(jnp.arange(0, dim, 2, dtype=compute) / dim)
@@ -113,7 +111,7 @@ def sine_position_encoding_2d(
         mask = jnp.ones((1, *mask), dtype=bool)
     mask = jnp.asarray(mask)
     if mask.ndim != 3:
-        raise ValueError(f"mask must have shape [B, H, W], got shape {_shape_str(mask.shape)}")
+        raise ValueError(f"mask must have shape [B, H, W], got shape {shape_str(mask.shape)}")
     if mask.dtype != jnp.bool_:
         raise ValueError(f"mask must be boolean (True = valid pixel), got dtype {mask.dtype}")
 

@@ -17,11 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from common.checks import shape_of, shape_str
+
 __all__ = ["apply_rope", "apply_rope_2d", "grid_positions", "rope_frequencies"]
-
-
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
 def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=jnp.float32) -> jax.Array:
@@ -56,7 +54,7 @@ def _check_positions(positions, x_shape, name: str) -> jax.Array:
     if positions.ndim != 2 or positions.shape[1] != T or positions.shape[0] not in (1, B):
         raise ValueError(
             f"{name} must have shape [B, T] = ({B}, {T}) or [T] = ({T},), "
-            f"got shape {_shape_str(jnp.shape(positions))}"
+            f"got shape {shape_str(shape_of(positions))}"
         )
     return positions
 
@@ -98,7 +96,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax
     Paper: Su et al. 2021, "RoFormer", eq. (34); rotate-half layout of GPT-NeoX.
     """
     if jnp.ndim(x) != 4:
-        raise ValueError(f"x must have shape [B, T, H, D], got shape {_shape_str(jnp.shape(x))}")
+        raise ValueError(f"x must have shape [B, T, H, D], got shape {shape_str(shape_of(x))}")
     if x.shape[-1] % 2 != 0:
         raise ValueError(f"x head dim D must be even for rope, got D={x.shape[-1]}")
     positions = _check_positions(positions, x.shape, "positions")
@@ -137,7 +135,7 @@ def apply_rope_2d(
     (RoPE-Axial); Kimi Team 2025, "Kimi-VL Technical Report" (MoonViT).
     """
     if jnp.ndim(x) != 4:
-        raise ValueError(f"x must have shape [B, T, H, D], got shape {_shape_str(jnp.shape(x))}")
+        raise ValueError(f"x must have shape [B, T, H, D], got shape {shape_str(shape_of(x))}")
     D = x.shape[-1]
     if D % 4 != 0:
         raise ValueError(f"x head dim D must be divisible by 4 for 2D rope, got D={D}")

@@ -8,6 +8,9 @@ One layer family serves three users:
   cross-attention);
 * a vision encoder such as MoonViT (pre-norm, 2D RoPE).
 
+Every layer and stack takes one frozen :class:`TransformerConfig`, so an option is
+added in one place and reaches every layer.
+
 Sub-layer order, with ``drop`` the residual dropout::
 
     post-norm:  x = norm(x + drop(sublayer(x)))            (Vaswani et al. 2017)
@@ -20,28 +23,123 @@ Transformer Architecture".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.nn.attention import Implementation, MultiHeadAttention
-from common.nn.mlp import MLP, GatedMLP
+from common.checks import check_in_range, check_int, shape_of, shape_str
+from common.nn.attention import MultiHeadAttention
+from common.nn.mlp import MLP, GatedMLP, get_activation
 
-__all__ = ["Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "make_norm"]
+__all__ = ["Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "TransformerConfig",
+           "make_norm"]
 
-NormKind = Literal["layernorm", "rmsnorm"]
-MlpKind = Literal["mlp", "swiglu"]
+NORM_KINDS = ("layernorm", "rmsnorm")
+MLP_KINDS = ("mlp", "swiglu")
 
 
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Everything that shapes a transformer layer or stack, in one frozen object.
+
+    Attributes:
+      d_model: model width ``D``.
+      num_heads: attention heads ``H``.
+      mlp_dim: hidden size of the feed-forward block.
+      num_layers: layers of an :class:`Encoder` / :class:`Decoder` (``>= 0``; a single
+        layer ignores it).
+      num_kv_heads: key/value heads for grouped-query attention (``None``: ``H``).
+      head_dim: per-head size (``None``: ``D // H``).
+      dropout_rate: residual and feed-forward dropout, in ``[0, 1)``.
+      attention_dropout_rate: dropout on attention weights (``None``: ``dropout_rate``,
+        as in DETR / PyTorch).
+      activation: feed-forward activation (a name of ``common.nn.ACTIVATIONS`` or a
+        callable).
+      mlp: ``"mlp"`` (two linear layers) or ``"swiglu"`` (gated, see ``GatedMLP``).
+      mlp_bias: whether the feed-forward projections have biases.
+      norm: ``"layernorm"`` or ``"rmsnorm"``.
+      norm_first: pre-norm (``True``) or post-norm (``False``, DETR / original).
+      norm_eps: norm stabiliser.
+      final_norm: a stack's norm after its last layer (``None``: ``norm_first``; DETR
+        uses ``True`` with post-norm).
+      qkv_bias: whether the attention projections have biases.
+      rope: rotary embedding in self-attention: ``None``, ``"1d"`` or ``"2d"``.
+      rope_base: rotary base wavelength.
+      implementation: attention backend (see ``dot_product_attention``): ``None``,
+        ``"xla"`` or ``"einsum"``.
+      cross_attention: decoder layers include cross-attention to a memory (encoder
+        layers never do).
+      memory_features: feature size of the decoder's memory (``None``: ``d_model``).
+      kernel_init: kernel initializer of every projection (``None``: ``nnx.Linear``'s).
+      dtype: computation dtype (``None``: from inputs and parameters).
+      param_dtype: parameter dtype.
+
+    Example:
+      >>> cfg = TransformerConfig(d_model=32, num_heads=4, mlp_dim=64, num_layers=2)
+      >>> Encoder(cfg, rngs=nnx.Rngs(0))(jnp.ones((1, 7, 32))).shape
+      (1, 7, 32)
+
+    Paper: Vaswani et al. 2017; the single config object follows flax's gemma example.
+    """
+
+    d_model: int
+    num_heads: int
+    mlp_dim: int
+    num_layers: int = 1
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float | None = None
+    activation: str | Callable = "relu"
+    mlp: str = "mlp"
+    mlp_bias: bool = True
+    norm: str = "layernorm"
+    norm_first: bool = False
+    norm_eps: float = 1e-5
+    final_norm: bool | None = None
+    qkv_bias: bool = True
+    rope: str | None = None
+    rope_base: float = 10000.0
+    implementation: str | None = None
+    cross_attention: bool = True
+    memory_features: int | None = None
+    kernel_init: Callable | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in ("d_model", "num_heads", "mlp_dim"):
+            check_int(getattr(self, name), name)
+        check_int(self.num_layers, "num_layers", minimum=0)
+        for name in ("num_kv_heads", "head_dim", "memory_features"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name)
+        kv = self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+        if self.num_heads % kv != 0:
+            raise ValueError(f"num_heads={self.num_heads} must be divisible by "
+                             f"num_kv_heads={kv}")
+        check_in_range(self.dropout_rate, "dropout_rate", 0.0, 1.0, high_open=True)
+        if self.attention_dropout_rate is not None:
+            check_in_range(self.attention_dropout_rate, "attention_dropout_rate", 0.0, 1.0,
+                           high_open=True)
+        get_activation(self.activation)
+        if self.mlp not in MLP_KINDS:
+            raise ValueError(f"mlp must be 'mlp' or 'swiglu', got {self.mlp!r}")
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.rope not in (None, "1d", "2d"):
+            raise ValueError(f"rope must be None, '1d' or '2d', got {self.rope!r}")
+        if self.implementation not in (None, "xla", "einsum"):
+            raise ValueError(f"implementation must be None, 'xla' or 'einsum', got "
+                             f"{self.implementation!r}")
 
 
 def make_norm(
-    kind: NormKind, features: int, *, eps: float = 1e-5, dtype=None, param_dtype=jnp.float32,
+    kind: str, features: int, *, eps: float = 1e-5, dtype=None, param_dtype=jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """Build a LayerNorm or RMSNorm over the last axis.
@@ -72,20 +170,30 @@ def make_norm(
     raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
-def _make_ffn(mlp: MlpKind, d_model, mlp_dim, activation, dropout_rate, use_bias, kwargs):
-    if mlp == "mlp":
-        return MLP([d_model, mlp_dim, d_model], activation=activation, dropout_rate=dropout_rate,
-                   use_bias=use_bias, **kwargs)
-    if mlp == "swiglu":
-        return GatedMLP(d_model, mlp_dim, activation=activation, dropout_rate=dropout_rate,
-                        use_bias=use_bias, **kwargs)
-    raise ValueError(f"mlp must be 'mlp' or 'swiglu', got {mlp!r}")
+def _config_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    return make_norm(config.norm, config.d_model, eps=config.norm_eps, dtype=config.dtype,
+                     param_dtype=config.param_dtype, rngs=rngs)
+
+
+def _make_ffn(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    kwargs = dict(activation=config.activation, dropout_rate=config.dropout_rate,
+                  use_bias=config.mlp_bias, kernel_init=config.kernel_init, dtype=config.dtype,
+                  param_dtype=config.param_dtype, rngs=rngs)
+    if config.mlp == "swiglu":
+        return GatedMLP(config.d_model, config.mlp_dim, **kwargs)
+    return MLP([config.d_model, config.mlp_dim, config.d_model], **kwargs)
+
+
+def _check_config(config) -> TransformerConfig:
+    if not isinstance(config, TransformerConfig):
+        raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
+    return config
 
 
 def _check_x(x, d_model: int, name: str) -> None:
     if jnp.ndim(x) != 3 or x.shape[-1] != d_model:
         raise ValueError(
-            f"{name} must have shape [B, T, {d_model}], got shape {_shape_str(jnp.shape(x))}"
+            f"{name} must have shape [B, T, {d_model}], got shape {shape_str(shape_of(x))}"
         )
 
 
@@ -98,7 +206,7 @@ def _check_pos(pos, like: jax.Array, name: str, like_name: str) -> None:
     if not ok:
         raise ValueError(
             f"{name} must have shape [B, T, D] = ({B}, {T}, {D}) (or batch 1) like "
-            f"{like_name}, got shape {_shape_str(jnp.shape(pos))}"
+            f"{like_name}, got shape {shape_str(shape_of(pos))}"
         )
 
 
@@ -107,37 +215,30 @@ def _add(x: jax.Array, pos: jax.Array | None) -> jax.Array:
 
 
 class _LayerBase(nnx.Module):
-    """Shared constructor pieces: attention kwargs, FFN, norms and residual dropout."""
+    """Shared constructor pieces: self-attention, FFN, norms and residual dropout."""
 
-    def _setup(
-        self, *, d_model, num_heads, mlp_dim, num_kv_heads, head_dim, dropout_rate,
-        attention_dropout_rate, activation, mlp, mlp_bias, norm, norm_first, norm_eps,
-        qkv_bias, rope, rope_base, implementation, kernel_init, dtype, param_dtype, rngs,
-        num_norms,
-    ) -> dict[str, Any]:
-        if d_model <= 0 or mlp_dim <= 0:
-            raise ValueError(f"d_model and mlp_dim must be positive, got {d_model}, {mlp_dim}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        self.d_model = d_model
-        self.norm_first = norm_first
-        if attention_dropout_rate is None:
-            attention_dropout_rate = dropout_rate
-        attn_kwargs = dict(
-            num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
-            attention_dropout_rate=attention_dropout_rate, implementation=implementation,
-            kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    def _setup(self, config: TransformerConfig, rngs: nnx.Rngs, num_norms: int) -> None:
+        self.config = config
+        self.d_model = config.d_model
+        self.norm_first = config.norm_first
+        self.self_attn = self._attention(config, rngs, rope=config.rope,
+                                         rope_base=config.rope_base)
+        self.ffn = _make_ffn(config, rngs)
+        self.norms = nnx.List([_config_norm(config, rngs) for _ in range(num_norms)])
+        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+
+    @staticmethod
+    def _attention(config: TransformerConfig, rngs: nnx.Rngs, **kwargs) -> MultiHeadAttention:
+        attention_dropout = config.attention_dropout_rate
+        if attention_dropout is None:
+            attention_dropout = config.dropout_rate
+        return MultiHeadAttention(
+            config.d_model, config.num_heads, num_kv_heads=config.num_kv_heads,
+            head_dim=config.head_dim, qkv_bias=config.qkv_bias,
+            attention_dropout_rate=attention_dropout, implementation=config.implementation,
+            kernel_init=config.kernel_init, dtype=config.dtype,
+            param_dtype=config.param_dtype, rngs=rngs, **kwargs,
         )
-        self.self_attn = MultiHeadAttention(d_model, num_heads, rope=rope, rope_base=rope_base,
-                                            **attn_kwargs)
-        ffn_kwargs = dict(kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.ffn = _make_ffn(mlp, d_model, mlp_dim, activation, dropout_rate, mlp_bias, ffn_kwargs)
-        self.norms = nnx.List([
-            make_norm(norm, d_model, eps=norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            for _ in range(num_norms)
-        ])
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        return attn_kwargs
 
     def _residual(self, x, i, sublayer, deterministic, rngs):
         """Apply sub-layer ``i`` with its norm in pre- or post-norm order."""
@@ -145,31 +246,6 @@ class _LayerBase(nnx.Module):
         if self.norm_first:
             return x + self.dropout(sublayer(norm(x)), deterministic=deterministic, rngs=rngs)
         return norm(x + self.dropout(sublayer(x), deterministic=deterministic, rngs=rngs))
-
-
-_LAYER_ARGS_DOC = """
-      d_model: model width ``D``.
-      num_heads: attention heads ``H``.
-      mlp_dim: hidden size of the feed-forward block.
-      num_kv_heads: key/value heads for grouped-query attention (default ``H``).
-      head_dim: per-head size (default ``D // H``).
-      dropout_rate: residual and feed-forward dropout.
-      attention_dropout_rate: dropout on attention weights (default ``dropout_rate``,
-        as in DETR / PyTorch).
-      activation: feed-forward activation (name or callable).
-      mlp: ``"mlp"`` (two linear layers) or ``"swiglu"`` (gated, see ``GatedMLP``).
-      mlp_bias: whether the feed-forward projections have biases.
-      norm: ``"layernorm"`` or ``"rmsnorm"``.
-      norm_first: pre-norm (``True``) or post-norm (``False``, DETR / original).
-      norm_eps: norm stabiliser.
-      qkv_bias: whether the attention projections have biases.
-      rope: rotary embedding in self-attention: ``None``, ``"1d"`` or ``"2d"``.
-      rope_base: rotary base wavelength.
-      implementation: attention backend (see ``dot_product_attention``).
-      kernel_init: kernel initializer of every projection.
-      dtype: computation dtype.
-      param_dtype: parameter dtype.
-      rngs: ``nnx.Rngs`` for initialisation and dropout."""
 
 
 class EncoderLayer(_LayerBase):
@@ -180,7 +256,10 @@ class EncoderLayer(_LayerBase):
     ``SA(q_in, k_in, v_in)`` projects each input separately, so ``pos`` (DETR's
     positional encoding) reaches queries and keys but not values.
 
-    Args:""" + _LAYER_ARGS_DOC + """
+    Args:
+      config: a :class:`TransformerConfig` (``cross_attention``, ``memory_features``,
+        ``num_layers`` and ``final_norm`` do not apply to a single encoder layer).
+      rngs: ``nnx.Rngs`` for initialisation and dropout.
 
     Call:
       ``x [B, T, D]``; ``mask`` broadcastable to ``[B, H, T, T]``; ``pos [B|1, T, D]``
@@ -188,47 +267,16 @@ class EncoderLayer(_LayerBase):
       ``[B, T, 2]``/``[T, 2]`` for 2D); ``deterministic``; ``rngs``. Returns ``[B, T, D]``.
 
     Example:
-      >>> layer = EncoderLayer(32, 4, 64, rngs=nnx.Rngs(0))
+      >>> cfg = TransformerConfig(d_model=32, num_heads=4, mlp_dim=64)
+      >>> layer = EncoderLayer(cfg, rngs=nnx.Rngs(0))
       >>> layer(jnp.ones((2, 10, 32)), pos=jnp.zeros((1, 10, 32))).shape
       (2, 10, 32)
 
     Paper: Vaswani et al. 2017, section 3.1; Carion et al. 2020, appendix A.3.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        mlp_dim: int,
-        *,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        dropout_rate: float = 0.0,
-        attention_dropout_rate: float | None = None,
-        activation: str | Callable = "relu",
-        mlp: MlpKind = "mlp",
-        mlp_bias: bool = True,
-        norm: NormKind = "layernorm",
-        norm_first: bool = False,
-        norm_eps: float = 1e-5,
-        qkv_bias: bool = True,
-        rope: Literal["1d", "2d"] | None = None,
-        rope_base: float = 10000.0,
-        implementation: Implementation = None,
-        kernel_init: Callable | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        self._setup(
-            d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, dropout_rate=dropout_rate,
-            attention_dropout_rate=attention_dropout_rate, activation=activation, mlp=mlp,
-            mlp_bias=mlp_bias, norm=norm, norm_first=norm_first, norm_eps=norm_eps,
-            qkv_bias=qkv_bias, rope=rope, rope_base=rope_base, implementation=implementation,
-            kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            num_norms=2,
-        )
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self._setup(_check_config(config), rngs, num_norms=2)
 
     def __call__(
         self,
@@ -265,9 +313,10 @@ class DecoderLayer(_LayerBase):
     queries), ``pos`` = the memory's positional encoding, ``m`` = encoder memory.
     Without cross-attention this is a GPT/LLaMA decoder block (pass a causal mask).
 
-    Args:""" + _LAYER_ARGS_DOC + """
-      cross_attention: include the cross-attention sub-layer.
-      memory_features: feature size of the memory (default ``d_model``).
+    Args:
+      config: a :class:`TransformerConfig`; ``cross_attention`` includes the
+        cross-attention sub-layer, ``memory_features`` is the memory's width.
+      rngs: ``nnx.Rngs`` for initialisation and dropout.
 
     Call:
       ``x [B, T, D]``, ``memory [B, S, D_m]`` (required iff cross-attention);
@@ -277,55 +326,21 @@ class DecoderLayer(_LayerBase):
       ``[B, T, D]``.
 
     Example:
-      >>> layer = DecoderLayer(32, 4, 64, rngs=nnx.Rngs(0))
+      >>> cfg = TransformerConfig(d_model=32, num_heads=4, mlp_dim=64)
+      >>> layer = DecoderLayer(cfg, rngs=nnx.Rngs(0))
       >>> layer(jnp.ones((2, 5, 32)), jnp.ones((2, 9, 32))).shape
       (2, 5, 32)
 
     Paper: Vaswani et al. 2017, section 3.1; Carion et al. 2020, appendix A.3.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        mlp_dim: int,
-        *,
-        cross_attention: bool = True,
-        memory_features: int | None = None,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        dropout_rate: float = 0.0,
-        attention_dropout_rate: float | None = None,
-        activation: str | Callable = "relu",
-        mlp: MlpKind = "mlp",
-        mlp_bias: bool = True,
-        norm: NormKind = "layernorm",
-        norm_first: bool = False,
-        norm_eps: float = 1e-5,
-        qkv_bias: bool = True,
-        rope: Literal["1d", "2d"] | None = None,
-        rope_base: float = 10000.0,
-        implementation: Implementation = None,
-        kernel_init: Callable | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        attn_kwargs = self._setup(
-            d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, dropout_rate=dropout_rate,
-            attention_dropout_rate=attention_dropout_rate, activation=activation, mlp=mlp,
-            mlp_bias=mlp_bias, norm=norm, norm_first=norm_first, norm_eps=norm_eps,
-            qkv_bias=qkv_bias, rope=rope, rope_base=rope_base, implementation=implementation,
-            kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            num_norms=3 if cross_attention else 2,
-        )
-        self.has_cross_attention = cross_attention
-        self.memory_features = d_model if memory_features is None else memory_features
-        if cross_attention:
-            self.cross_attn = MultiHeadAttention(
-                d_model, num_heads, kv_features=self.memory_features, **attn_kwargs
-            )
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        config = _check_config(config)
+        self._setup(config, rngs, num_norms=3 if config.cross_attention else 2)
+        self.has_cross_attention = config.cross_attention
+        self.memory_features = config.memory_features or config.d_model
+        if config.cross_attention:
+            self.cross_attn = self._attention(config, rngs, kv_features=self.memory_features)
         else:
             self.cross_attn = nnx.data(None)
 
@@ -354,7 +369,7 @@ class DecoderLayer(_LayerBase):
                     or memory.shape[-1] != self.memory_features):
                 raise ValueError(
                     f"memory must have shape [B, S, {self.memory_features}] with B = "
-                    f"{x.shape[0]}, got shape {_shape_str(jnp.shape(memory))}"
+                    f"{x.shape[0]}, got shape {shape_str(shape_of(memory))}"
                 )
             _check_pos(pos, memory, "pos", "memory")
         elif memory is not None or pos is not None or cross_mask is not None:
@@ -383,19 +398,21 @@ class DecoderLayer(_LayerBase):
         return self._residual(x, i, ffn, deterministic, rngs)
 
 
-def _final_norm(final_norm, norm_first, layer_kwargs, d_model, rngs):
-    if final_norm is None:
-        final_norm = norm_first
-    if not final_norm:
-        return nnx.data(None)
-    return make_norm(
-        layer_kwargs.get("norm", "layernorm"), d_model, eps=layer_kwargs.get("norm_eps", 1e-5),
-        dtype=layer_kwargs.get("dtype"), param_dtype=layer_kwargs.get("param_dtype", jnp.float32),
-        rngs=rngs,
-    )
+class _Stack(nnx.Module):
+    """``config.num_layers`` layers of ``layer_type`` and an optional final norm."""
+
+    layer_type: type
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        config = _check_config(config)
+        self.config = config
+        self.layers = nnx.List([self.layer_type(config, rngs=rngs)
+                                for _ in range(config.num_layers)])
+        final_norm = config.norm_first if config.final_norm is None else config.final_norm
+        self.final_norm = _config_norm(config, rngs) if final_norm else nnx.data(None)
 
 
-class Encoder(nnx.Module):
+class Encoder(_Stack):
     """A stack of ``EncoderLayer`` s with an optional final norm.
 
     ``x_L = N_f(layer_L(… layer_1(x_0)))``; the final norm ``N_f`` defaults to on for
@@ -403,39 +420,25 @@ class Encoder(nnx.Module):
     post-norm.
 
     Args:
-      num_layers: number of layers ``L`` (``>= 0``).
-      d_model: model width ``D``.
-      num_heads: attention heads.
-      mlp_dim: feed-forward hidden size.
-      final_norm: add a norm after the last layer (``None``: ``norm_first``).
+      config: a :class:`TransformerConfig`; ``num_layers`` layers ``L`` (``>= 0``),
+        ``final_norm`` (``None``: ``norm_first``), the rest as in ``EncoderLayer``.
       rngs: ``nnx.Rngs``.
-      **layer_kwargs: forwarded to every ``EncoderLayer`` (``norm_first``, ``norm``,
-        ``dropout_rate``, ``rope``, ...).
 
     Call:
       ``x [B, T, D]`` and the keywords of ``EncoderLayer.__call__``, given to every
       layer. Returns ``[B, T, D]``.
 
     Example:
-      >>> enc = Encoder(2, 32, 4, 64, norm_first=True, rngs=nnx.Rngs(0))
+      >>> cfg = TransformerConfig(d_model=32, num_heads=4, mlp_dim=64, num_layers=2,
+      ...                         norm_first=True)
+      >>> enc = Encoder(cfg, rngs=nnx.Rngs(0))
       >>> enc(jnp.ones((1, 7, 32))).shape
       (1, 7, 32)
 
     Paper: Vaswani et al. 2017; Carion et al. 2020.
     """
 
-    def __init__(
-        self, num_layers: int, d_model: int, num_heads: int, mlp_dim: int, *,
-        final_norm: bool | None = None, rngs: nnx.Rngs, **layer_kwargs,
-    ):
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
-        self.layers = nnx.List([
-            EncoderLayer(d_model, num_heads, mlp_dim, rngs=rngs, **layer_kwargs)
-            for _ in range(num_layers)
-        ])
-        self.final_norm = _final_norm(final_norm, layer_kwargs.get("norm_first", False),
-                                      layer_kwargs, d_model, rngs)
+    layer_type = EncoderLayer
 
     def __call__(self, x: jax.Array, **call_kwargs) -> jax.Array:
         for layer in self.layers:
@@ -445,7 +448,7 @@ class Encoder(nnx.Module):
         return x
 
 
-class Decoder(nnx.Module):
+class Decoder(_Stack):
     """A stack of ``DecoderLayer`` s with an optional final norm and intermediate outputs.
 
     ``x_l = layer_l(x_{l-1}, memory)``; output ``N_f(x_L)``, or with
@@ -453,14 +456,10 @@ class Decoder(nnx.Module):
     its auxiliary decoding losses.
 
     Args:
-      num_layers: number of layers ``L`` (``>= 1`` for ``return_intermediate``).
-      d_model: model width ``D``.
-      num_heads: attention heads.
-      mlp_dim: feed-forward hidden size.
-      final_norm: add a norm after the last layer (``None``: ``norm_first``; DETR uses
-        ``True`` with post-norm).
+      config: a :class:`TransformerConfig`; ``num_layers`` layers ``L`` (``>= 1`` for
+        ``return_intermediate``), ``final_norm`` (``None``: ``norm_first``; DETR uses
+        ``True`` with post-norm), the rest as in ``DecoderLayer``.
       rngs: ``nnx.Rngs``.
-      **layer_kwargs: forwarded to every ``DecoderLayer``.
 
     Call:
       ``x [B, T, D]``, ``memory [B, S, D_m]`` or ``None``, ``return_intermediate``, and
@@ -468,25 +467,16 @@ class Decoder(nnx.Module):
       ``[L, B, T, D]`` with ``return_intermediate=True``.
 
     Example:
-      >>> dec = Decoder(2, 32, 4, 64, final_norm=True, rngs=nnx.Rngs(0))
+      >>> cfg = TransformerConfig(d_model=32, num_heads=4, mlp_dim=64, num_layers=2,
+      ...                         final_norm=True)
+      >>> dec = Decoder(cfg, rngs=nnx.Rngs(0))
       >>> dec(jnp.zeros((1, 5, 32)), jnp.ones((1, 9, 32)), return_intermediate=True).shape
       (2, 1, 5, 32)
 
     Paper: Vaswani et al. 2017; Carion et al. 2020, section 3.2 (auxiliary losses).
     """
 
-    def __init__(
-        self, num_layers: int, d_model: int, num_heads: int, mlp_dim: int, *,
-        final_norm: bool | None = None, rngs: nnx.Rngs, **layer_kwargs,
-    ):
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
-        self.layers = nnx.List([
-            DecoderLayer(d_model, num_heads, mlp_dim, rngs=rngs, **layer_kwargs)
-            for _ in range(num_layers)
-        ])
-        self.final_norm = _final_norm(final_norm, layer_kwargs.get("norm_first", False),
-                                      layer_kwargs, d_model, rngs)
+    layer_type = DecoderLayer
 
     def __call__(
         self, x: jax.Array, memory: jax.Array | None = None, *,

@@ -19,7 +19,7 @@ from flax import nnx
 from common.data import load_digits_split, sample_batch
 from common.nn import MLP
 from common.optim import OptimConfig, build_optimizer
-from common.recipe import RunContext, register_recipe
+from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.train import TrainState, fit, train_step_fn
 
 
@@ -47,10 +47,11 @@ def make_model(cfg: DigitsConfig, key: jax.Array) -> MLP:
                rngs=nnx.Rngs(key))
 
 
-def make_loss_fn(graphdef, rest):
-    """Softmax cross-entropy of the MLP on a batch ``{"x": [B, 64], "y": [B]}``."""
+def make_loss_fn(graphdef):
+    """Softmax cross-entropy of the MLP on a batch ``{"x": [B, 64], "y": [B]}``:
+    ``loss_fn(params, rest, batch, key) -> (loss, metrics)``."""
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, rest, batch, key):
         model = nnx.merge(graphdef, params, rest)
         logits = model(batch["x"], deterministic=False, rngs=nnx.Rngs(dropout=key))  # [B, 10]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
@@ -60,11 +61,11 @@ def make_loss_fn(graphdef, rest):
     return loss_fn
 
 
-def make_predict(graphdef, rest):
-    """Jitted ``predict(params, x [N, 64]) -> labels [N]`` without dropout."""
+def make_predict(graphdef):
+    """Jitted ``predict(params, rest, x [N, 64]) -> labels [N]`` without dropout."""
 
     @jax.jit
-    def predict(params, x):
+    def predict(params, rest, x):
         return jnp.argmax(nnx.merge(graphdef, params, rest)(x), axis=-1)
 
     return predict
@@ -73,15 +74,10 @@ def make_predict(graphdef, rest):
 def _learning_curve(history, steps_total):
     import matplotlib.pyplot as plt
 
-    train = [(s, m["loss"]) for s, m in history if "loss" in m]
     evals = [(s, m["eval/test_accuracy"], m["eval/train_accuracy"]) for s, m in history
              if "eval/test_accuracy" in m]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    if train:
-        steps, losses = np.array(train).T
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", label="train loss (smoothed)")
+    plot_smoothed(ax, history, "loss", color="tab:blue", label="train loss (smoothed)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy", color="tab:blue")
     ax.set_yscale("log")
@@ -119,30 +115,28 @@ def _confusion(y_true, y_pred):
 
 def train_digits(cfg: DigitsConfig, *, logger=None, checkpointer=None, progress=False,
                  history=None):
-    """Train the digits MLP; returns ``(state, predict, data)``.
+    """Train the digits MLP; returns ``(state, predict, data)`` with
+    ``predict(params, rest, x)``.
 
     Separated from the recipe so tests and benchmarks can run it without a run folder.
     """
-    optim = cfg.optim
-    if optim.total_steps is None:
-        optim = dataclasses.replace(optim, total_steps=cfg.steps)
+    optim = default_total_steps(cfg.optim, cfg.steps)
     data_np = load_digits_split(cfg.test_fraction, cfg.seed)
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     model = make_model(cfg, init_key)
     tx = build_optimizer(optim)
     state = TrainState.create(model, tx, train_key)
-    loss_fn = make_loss_fn(state.graphdef, state.rest)
-    predict = make_predict(state.graphdef, state.rest)
+    loss_fn = make_loss_fn(state.graphdef)
+    predict = make_predict(state.graphdef)
     train = {"x": jnp.asarray(data_np["x_train"]), "y": jnp.asarray(data_np["y_train"])}
     x_test = jnp.asarray(data_np["x_test"])
 
+    def accuracy(state, x, y):
+        return float(np.mean(np.asarray(predict(state.params, state.rest, x)) == y))
+
     def eval_fn(state):
-        return {
-            "test_accuracy": float(np.mean(np.asarray(predict(state.params, x_test))
-                                           == data_np["y_test"])),
-            "train_accuracy": float(np.mean(np.asarray(predict(state.params, train["x"]))
-                                            == data_np["y_train"])),
-        }
+        return {"test_accuracy": accuracy(state, x_test, data_np["y_test"]),
+                "train_accuracy": accuracy(state, train["x"], data_np["y_train"])}
 
     state = fit(state, train_step_fn(loss_fn, tx),
                 lambda data, key: sample_batch(data, key, cfg.batch_size), train,
@@ -166,10 +160,10 @@ def digits_mlp(ctx: RunContext, cfg: DigitsConfig) -> dict:
                                         checkpointer=ctx.checkpointer(),
                                         progress=ctx.progress, history=history)
     seconds = time.perf_counter() - t0
-    y_pred = np.asarray(predict(state.params, jnp.asarray(data["x_test"])))
+    y_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_test"])))
     ctx.save_figure(_learning_curve(history, cfg.steps), "learning_curve")
     ctx.save_figure(_confusion(data["y_test"], y_pred), "confusion_matrix")
-    train_pred = np.asarray(predict(state.params, jnp.asarray(data["x_train"])))
+    train_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_train"])))
     losses = [m["loss"] for _, m in history if "loss" in m]
     return {
         "test_accuracy": float(np.mean(y_pred == data["y_test"])),

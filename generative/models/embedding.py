@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.checks import shape_str
 from common.nn import MLP, sinusoidal_position_encoding
-from generative._checks import shape_str
 
 __all__ = ["FourierBasis", "GaussianFourierEmbedding", "TimeEmbedding", "sinusoidal_embedding"]
 

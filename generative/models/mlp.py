@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.checks import shape_str
 from common.nn import get_activation
-from generative._checks import shape_str
 from generative.models.embedding import TimeEmbedding
 from generative.models.registry import SCORE_NETS
 from generative.models.unet import default_init

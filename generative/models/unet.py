@@ -6,22 +6,24 @@ self-attention blocks at the chosen (low) resolutions, strided-conv downsampling
 nearest-neighbour upsampling to the skip connection's size (so odd sizes such as
 28 → 14 → 7 → 14 → 28 work), and a sinusoidal or Fourier time embedding.
 
+Convolutions are ``common.nn.Conv2D`` (``"SAME"`` padding: a stride-2 downsampling of
+an even size pads one row and column after, none before; gradients that stay fast
+inside ``lax.scan`` on CPU). GroupNorm uses ``common.nn.group_count(C, groups)``
+groups, i.e. ``gcd(C, groups)``.
+
 Paper: Ho, Jain & Abbeel 2020, appendix B (architecture after PixelCNN++ / Wide
 ResNet); Ronneberger et al. 2015, "U-Net"; Song et al. 2021, appendix H.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.nn import MultiHeadAttention
-from generative._checks import shape_str
+from common.checks import shape_of, shape_str
+from common.nn import Conv2D, MultiHeadAttention, group_count
 from generative.models.embedding import TimeEmbedding
-from generative.models.layers import Conv2D
 from generative.models.registry import SCORE_NETS
 
 __all__ = ["ScoreUNet", "default_init"]
@@ -31,17 +33,13 @@ __all__ = ["ScoreUNet", "default_init"]
 default_init = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
-def _groups(channels: int, groups: int) -> int:
-    return math.gcd(channels, groups) or 1
-
-
 class _ResBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, temb: int, groups: int, dropout: float,
                  impl, rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(cin, num_groups=_groups(cin, groups), rngs=rngs)
+        self.norm1 = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), rngs=rngs)
         self.conv1 = Conv2D(cin, cout, 3, kernel_init=default_init, impl=impl, rngs=rngs)
         self.temb = nnx.Linear(temb, cout, kernel_init=default_init, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(cout, num_groups=_groups(cout, groups), rngs=rngs)
+        self.norm2 = nnx.GroupNorm(cout, num_groups=group_count(cout, groups), rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.conv2 = Conv2D(cout, cout, 3, kernel_init=nnx.initializers.zeros, impl=impl,
                             rngs=rngs)
@@ -58,7 +56,7 @@ class _ResBlock(nnx.Module):
 
 class _AttnBlock(nnx.Module):
     def __init__(self, channels: int, heads: int, groups: int, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels, groups), rngs=rngs)
+        self.norm = nnx.GroupNorm(channels, num_groups=group_count(channels, groups), rngs=rngs)
         self.attn = MultiHeadAttention(channels, heads, kernel_init=default_init, rngs=rngs)
 
     def __call__(self, x):
@@ -80,12 +78,13 @@ class ScoreUNet(nnx.Module):
       attention_levels: levels with self-attention (0 = full resolution); default:
         the lowest-resolution level.
       heads: attention heads.
-      groups: GroupNorm groups (reduced to divide the channel count).
+      groups: requested GroupNorm groups; a level of ``C`` channels uses
+        ``gcd(C, groups)`` (:func:`common.nn.group_count`).
       dropout: dropout in the residual blocks (active when ``deterministic=False``).
       embedding: ``"sinusoidal"`` (DDPM) or ``"fourier"`` (NCSN++).
       embedding_scale: see :class:`~generative.models.embedding.TimeEmbedding`.
-      conv_impl: ``"im2col"``, ``"xla"`` or None (im2col on CPU, see
-        :mod:`generative.models.layers`).
+      conv_impl: ``"auto"`` (im2col on CPU, XLA's elsewhere), ``"im2col"`` or ``"xla"``;
+        see :func:`common.nn.conv2d`.
       rngs: ``nnx.Rngs``.
 
     Call:
@@ -103,7 +102,7 @@ class ScoreUNet(nnx.Module):
                  channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_levels: tuple[int, ...] | None = None, heads: int = 4,
                  groups: int = 8, dropout: float = 0.0, embedding: str = "sinusoidal",
-                 embedding_scale: float | None = None, conv_impl: str | None = None,
+                 embedding_scale: float | None = None, conv_impl: str = "auto",
                  rngs: nnx.Rngs):
         if min(in_channels, image_size, channels, num_res_blocks, heads) <= 0 \
                 or not channel_mult:
@@ -154,7 +153,7 @@ class ScoreUNet(nnx.Module):
                 up.append((Conv2D(cin, cin, 3, kernel_init=default_init, impl=conv_impl,
                                   rngs=rngs), None))
         self.up = nnx.List([nnx.List(list(pair)) for pair in up])
-        self.norm_out = nnx.GroupNorm(cin, num_groups=_groups(cin, groups), rngs=rngs)
+        self.norm_out = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), rngs=rngs)
         self.conv_out = Conv2D(cin, in_channels, 3, kernel_init=nnx.initializers.zeros,
                                impl=conv_impl, rngs=rngs)
 
@@ -162,10 +161,10 @@ class ScoreUNet(nnx.Module):
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         if jnp.ndim(x) != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must have shape [B, H, W, {self.in_channels}] (NHWC), got "
-                             f"{shape_str(jnp.shape(x))}")
+                             f"{shape_str(shape_of(x))}")
         if jnp.ndim(t) != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape [B] = ({x.shape[0]},) like x's batch, got "
-                             f"{shape_str(jnp.shape(t))}")
+                             f"{shape_str(shape_of(t))}")
         emb = self.embed(t)
         h = self.conv_in(x)
         hs = [h]

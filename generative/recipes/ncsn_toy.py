@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.optim import OptimConfig
-from common.recipe import RunContext, register_recipe
+from common.recipe import RunContext, plot_smoothed, register_recipe
 from generative.data import ncsn_mixture
 from generative.losses import smld_loss
 from generative.models import init_score_net
-from generative.recipes._common import TrainConfig, net_apply, train_score_net
 from generative.sampling import annealed_langevin_dynamics, geometric_sigmas, langevin_dynamics
+from generative.training import TrainConfig, net_apply, train_score_net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +103,8 @@ def _weights_bar(weights: dict[str, float], errors: dict[str, float], truth: flo
 def _loss_curve(history):
     import matplotlib.pyplot as plt
 
-    rows = [(s, m["loss"]) for s, m in history if "loss" in m]
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    if rows:
-        steps, losses = np.asarray(rows).T
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth)
+    plot_smoothed(ax, history, "loss")
     ax.set_xlabel("step")
     ax.set_ylabel("SMLD loss")
     ax.set_title("noise-conditional score network", fontsize=10)
@@ -140,8 +135,8 @@ def ncsn_toy(ctx: RunContext, cfg: NCSNToyConfig) -> dict:
     model = init_score_net("mlp", init_key, dim=2, hidden=cfg.hidden, depth=cfg.depth,
                            embed_dim=64, embedding="fourier", embedding_scale=4.0)
 
-    def loss_factory(graphdef, rest):
-        def loss_fn(params, batch, key):
+    def loss_factory(graphdef):
+        def loss_fn(params, rest, batch, key):
             score = lambda x, s: -net_apply(graphdef, params, rest, x, level_of(s)) / s[:, None]
             return smld_loss(score, sigmas, batch["x"], key), {}
 
@@ -153,7 +148,7 @@ def ncsn_toy(ctx: RunContext, cfg: NCSNToyConfig) -> dict:
         batch_fn=lambda _, k: {"x": mix.sample(k, cfg.train.batch_size)},
         logger=ctx.logger, checkpointer=ctx.checkpointer(), progress=ctx.progress,
         desc="ncsn-toy", history=history)
-    graphdef, params, rest = state.graphdef, state.rest["ema"], state.rest["model"]
+    graphdef, params, rest = state.graphdef, state.ema, state.rest
 
     @jax.jit
     def learned_score(x, sigma):

@@ -31,7 +31,7 @@ import numpy as np
 
 from common.data import sample_batch
 from common.optim import OptimConfig
-from common.recipe import RunContext, register_recipe
+from common.recipe import PrefixedLogger, RunContext, plot_smoothed, register_recipe
 from generative.data import (
     GaussianMixture,
     checkerboard_log_prob,
@@ -42,7 +42,9 @@ from generative.data import (
 from generative.likelihood import log_likelihood
 from generative.metrics import mmd_rbf, sliced_wasserstein
 from generative.models import init_score_net
-from generative.recipes._common import (
+from generative.sampling import max_pairwise_distance
+from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.training import (
     TrainConfig,
     batched_log_likelihood,
     ode_sample,
@@ -50,8 +52,6 @@ from generative.recipes._common import (
     sde_loss_factory,
     train_score_net,
 )
-from generative.sampling import max_pairwise_distance
-from generative.sde import VESDE, VPSDE, subVPSDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,17 +127,6 @@ def gaussian_likelihood_errors(key, n: int = 256) -> dict[str, float]:
     return errors
 
 
-class _Prefixed:
-    """A metrics writer that prefixes every name (one run folder, several models)."""
-
-    def __init__(self, logger, prefix: str):
-        self.logger = logger
-        self.prefix = prefix
-
-    def write(self, step, metrics):
-        self.logger.write(step, {f"{self.prefix}/{k}": v for k, v in metrics.items()})
-
-
 def _scatter_grid(rows, columns, lim=4.5):
     import matplotlib.pyplot as plt
 
@@ -187,13 +176,7 @@ def _loss_curves(histories):
 
     fig, ax = plt.subplots(figsize=(6.0, 3.5))
     for name, history in histories.items():
-        rows = [(s, m["loss"]) for s, m in history if "loss" in m]
-        if not rows:
-            continue
-        steps, losses = np.asarray(rows).T
-        window = max(1, len(losses) // 40)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, label=name, linewidth=1)
+        plot_smoothed(ax, history, "loss", points=40, label=name, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("denoising score-matching loss")
@@ -285,11 +268,11 @@ def sde_2d(ctx: RunContext, cfg: SDE2DConfig) -> dict:
                                         data_std=data_std),
                 cfg.train, key=train_key, data={"x": train_sets[ds]},
                 batch_fn=lambda data, k, batch=batch: sample_batch(data, k, batch),
-                logger=_Prefixed(ctx.logger, tag),
+                logger=PrefixedLogger(ctx.logger, f"{tag}/"),
                 checkpointer=ctx.checkpointer(f"checkpoints_{tag}"),
                 progress=ctx.progress, desc=tag, history=history)
             histories[tag] = history
-            params, rest, graphdef = state.rest["ema"], state.rest["model"], state.graphdef
+            params, rest, graphdef = state.ema, state.rest, state.graphdef
             ekey = jax.random.fold_in(eval_key, 10 * di + si)
             k_pc, k_ode, k_nll = jax.random.split(ekey, 3)
             shape = (cfg.n_samples, 2)

@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.optim import OptimConfig
-from common.recipe import RunContext, register_recipe
+from common.recipe import RunContext, plot_smoothed, register_recipe
 from generative.data import from_model_space, load_digits_images, load_fashion_mnist
 from generative.likelihood import bits_per_dim, uniform_dequantize
 from generative.models import init_score_net
-from generative.recipes._common import (
+from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.training import (
     TrainConfig,
     batched_log_likelihood,
     ode_sample,
@@ -40,7 +41,6 @@ from generative.recipes._common import (
     sde_loss_factory,
     train_score_net,
 )
-from generative.sde import VESDE, VPSDE, subVPSDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +140,8 @@ def _grids_figure(panels, rows):
 def _loss_curve(history, title):
     import matplotlib.pyplot as plt
 
-    rows = [(s, m["loss"]) for s, m in history if "loss" in m]
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    if rows:
-        steps, losses = np.asarray(rows).T
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth)
+    plot_smoothed(ax, history, "loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("denoising score-matching loss")
@@ -199,7 +194,7 @@ def sde_digits(ctx: RunContext, cfg: DigitsSDEConfig) -> dict:
                             key=train_key, data=x_train, batch_fn=batch_fn,
                             logger=ctx.logger, checkpointer=ctx.checkpointer(),
                             progress=ctx.progress, desc="sde-digits", history=history)
-    params, rest, graphdef = state.rest["ema"], state.rest["model"], state.graphdef
+    params, rest, graphdef = state.ema, state.rest, state.graphdef
     train_seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- samples

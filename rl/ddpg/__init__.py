@@ -4,12 +4,13 @@
 * ``rl.ddpg.noise``: exploration noise processes (``NOISES``: gaussian, ou).
 * ``rl.ddpg.networks``: ``Actor`` (tanh-scaled to the bounds) and ``Critic``.
 * ``rl.ddpg.agent``: ``DDPGConfig``, ``make_train(config) -> train(key)``,
-  ``train_seeds`` (vmapped seeds, sharding, checkpoints), ``AGENTS`` presets.
+  ``train_seeds`` (vmapped seeds, sharding, checkpoints through ``common.train.fit``),
+  ``PRESETS`` (the ``ddpg`` and ``td3`` configurations).
 """
 
 from rl.ddpg.agent import (
-    AGENTS,
     ERROR_BITS,
+    PRESETS,
     DDPGAgent,
     DDPGConfig,
     DDPGState,
@@ -17,9 +18,11 @@ from rl.ddpg.agent import (
     TrainResult,
     ddpg_config,
     make_agent,
+    make_chunk_fn,
     make_train,
     raise_on_error,
     seed_keys,
+    seed_rows,
     td3_config,
     train_seeds,
 )
@@ -35,9 +38,9 @@ from rl.ddpg.networks import Actor, Critic
 from rl.ddpg.noise import NOISES, NoiseProcess, gaussian_noise, ou_noise
 
 __all__ = [
-    "AGENTS",
     "ERROR_BITS",
     "NOISES",
+    "PRESETS",
     "Actor",
     "Critic",
     "DDPGAgent",
@@ -51,11 +54,13 @@ __all__ = [
     "dpg_actor_loss",
     "gaussian_noise",
     "make_agent",
+    "make_chunk_fn",
     "make_train",
     "ou_noise",
     "raise_on_error",
     "scale_action",
     "seed_keys",
+    "seed_rows",
     "smoothed_target_action",
     "soft_update",
     "td3_config",

@@ -29,8 +29,9 @@ target), ``target_noise=0.2`` (target policy smoothing, noise clipped at
 second critic update); see :func:`td3_config`.
 
 Failures are never silent NaNs: a non-finite reward, observation or loss sets a
-sticky error flag in the state (with the first env step it was seen at), and the
-host driver :func:`train_seeds` raises ``FloatingPointError`` after the chunk
+sticky error flag in the state (with the first env step it was seen at), and
+:func:`train_seeds` — the seeds vmapped in chunks driven by ``common.train.fit``, the
+project's one host loop — raises ``FloatingPointError`` after the chunk
 (:func:`raise_on_error` does the same for states from ``train``).
 
 Example:
@@ -76,8 +77,8 @@ from rl.ddpg.noise import NOISES
 from rl.envs.gymnax_env import ContinuousEnv, make_env
 
 __all__ = [
-    "AGENTS",
     "ERROR_BITS",
+    "PRESETS",
     "DDPGAgent",
     "DDPGConfig",
     "DDPGState",
@@ -85,9 +86,11 @@ __all__ = [
     "TrainResult",
     "ddpg_config",
     "make_agent",
+    "make_chunk_fn",
     "make_train",
     "raise_on_error",
     "seed_keys",
+    "seed_rows",
     "td3_config",
     "train_seeds",
 ]
@@ -192,16 +195,19 @@ class DDPGConfig:
         NOISES.get(self.exploration)
 
 
-AGENTS: Registry[Callable[..., DDPGConfig]] = Registry("agent")
+PRESETS: Registry[Callable[..., DDPGConfig]] = Registry("agent preset")
+"""Named algorithm presets of the one DDPG agent: ``PRESETS.get(name)(**overrides)`` is a
+:class:`DDPGConfig`. Every preset runs through the behavioural suite in the tests
+(TD target, delayed updates, target smoothing)."""
 
 
-@AGENTS.register("ddpg")
+@PRESETS.register("ddpg")
 def ddpg_config(**overrides) -> DDPGConfig:
     """DDPG (Lillicrap et al. 2016): one critic, no smoothing, no delay."""
     return dataclasses.replace(DDPGConfig(), **overrides)
 
 
-@AGENTS.register("td3")
+@PRESETS.register("td3")
 def td3_config(**overrides) -> DDPGConfig:
     """TD3 (Fujimoto et al. 2018): twin critics, target smoothing 0.2 clipped at 0.5,
     actor/target updates every second critic update."""
@@ -237,6 +243,8 @@ class DDPGState:
       key: the seed's key (never advanced; steps use ``fold_in``).
       error: int32 bitmask of ``ERROR_BITS``; ``error_step``: the env step it was
         first set at (−1 if never).
+      eval_return: the latest deterministic evaluation's mean return (NaN before
+        the first).
     """
 
     learner: Learner
@@ -250,6 +258,7 @@ class DDPGState:
     key: jax.Array
     error: jax.Array
     error_step: jax.Array
+    eval_return: jax.Array
 
 
 def _nan_mean(values, weights):
@@ -414,7 +423,8 @@ class DDPGAgent:
                          episode_return=jnp.zeros((), jnp.float32),
                          episode_length=jnp.zeros((), jnp.int32),
                          step=jnp.zeros((), jnp.int32), key=key,
-                         error=jnp.zeros((), jnp.int32), error_step=-jnp.ones((), jnp.int32))
+                         error=jnp.zeros((), jnp.int32), error_step=-jnp.ones((), jnp.int32),
+                         eval_return=jnp.full((), jnp.nan, jnp.float32))
 
     def _step_key(self, key, t):
         return jax.random.fold_in(jax.random.fold_in(key, 0), t)
@@ -555,8 +565,9 @@ class DDPGAgent:
             updates = info["updates"]
             returns = self.evaluate(state.learner.actor, self.eval_key(state.key),
                                     cfg.eval_episodes)
+            state = state.replace(eval_return=jnp.mean(returns))
             metrics = {
-                "eval_return": jnp.mean(returns),
+                "eval_return": state.eval_return,
                 "train_return": _nan_mean(info["return"], done),
                 "episodes": jnp.sum(done),
                 "critic_loss": _nan_mean(info["critic_loss"], updates),
@@ -614,15 +625,18 @@ class TrainResult:
 
     Attributes:
       state: the final states, leading axis ``[S]``.
-      history: one dict per period run in this process: ``step`` and per-seed
-        ``[S]`` numpy arrays of every metric.
+      history: ``(env_step, row)`` for every row logged in this call (``fit``'s
+        history): per period ``eval_return_mean/std/min/max``, ``eval_return/seed{s}``
+        and the seed means ``train_return_mean``, ``critic_loss_mean``,
+        ``actor_loss_mean``, ``q_mean_mean``, ``episodes_mean`` (NaN where no seed had
+        one in the period).
       final_eval_returns: ``[S]`` the last evaluation's mean return per seed.
       wall_seconds: time spent in this call (compilation included).
       start_step: env steps already done when this call started (> 0 on resume).
     """
 
     state: DDPGState
-    history: list[dict]
+    history: list[tuple[int, dict]]
     final_eval_returns: np.ndarray
     wall_seconds: float
     start_step: int
@@ -633,28 +647,42 @@ def seed_keys(seeds: Sequence[int]) -> jax.Array:
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
-_COMPILED: dict = {}
+def seed_rows(metrics: dict, seeds: Sequence[int]) -> dict:
+    """Per-period rows from per-seed metrics ``[S, n]``: the seed statistics of the
+    evaluation return, each seed's return, and the seed means of the training metrics
+    (every output ``[n]``; NaN where no seed has a value)."""
+    evals = metrics["eval_return"]  # [S, n]
+    rows = {"eval_return_mean": jnp.mean(evals, 0), "eval_return_std": jnp.std(evals, 0),
+            "eval_return_min": jnp.min(evals, 0), "eval_return_max": jnp.max(evals, 0)}
+    rows.update({f"eval_return/seed{s}": evals[i] for i, s in enumerate(seeds)})
+    for name in ("train_return", "critic_loss", "actor_loss", "q_mean", "episodes"):
+        rows[f"{name}_mean"] = jnp.nanmean(metrics[name], axis=0)
+    return rows
 
 
-def _compiled(config: DDPGConfig, env: ContinuousEnv | None):
-    """The agent and its jitted, seed-vmapped ``init`` and ``run_periods``, cached so
-    that repeated calls (resume, sharded and unsharded runs) reuse compilations."""
-    cache_key = (repr(config), env)
-    if cache_key not in _COMPILED:
-        if len(_COMPILED) >= 8:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        agent = make_agent(config, env)
-        chunk = jax.jit(jax.vmap(agent.run_periods, in_axes=(0, None, None)),
-                        static_argnums=(2,))
-        _COMPILED[cache_key] = (agent, jax.jit(jax.vmap(agent.init)), chunk)
-    return _COMPILED[cache_key]
+def make_chunk_fn(agent: DDPGAgent, seeds: Sequence[int]):
+    """``chunk_fn(length)`` for ``common.train.fit``: ``length`` env steps (a multiple of
+    ``eval_every``) of every seed of a batched state ``[S]``, one metric row per
+    evaluation period (:func:`seed_rows`)."""
+    every = agent.config.eval_every
+    run = jax.vmap(agent.run_periods, in_axes=(0, None, None))
+
+    def chunk_fn(length: int):
+        def chunk(state: DDPGState, data):
+            first_period = state.step.reshape(-1)[0] // every  # unbatched: a real lax.cond
+            state, metrics = run(state, first_period, length // every)
+            return state, seed_rows(metrics, seeds)
+
+        return chunk
+
+    return chunk_fn
 
 
 def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpointer=None,
-                periods_per_chunk: int | None = None, on_chunk: Callable | None = None,
-                progress: bool = False, env: ContinuousEnv | None = None,
-                stop_after_chunks: int | None = None) -> TrainResult:
-    """Train one agent per seed, vmapped, in host-visited chunks with checkpoints.
+                periods_per_chunk: int | None = None, logger=None, progress: bool = False,
+                env: ContinuousEnv | None = None, num_steps: int | None = None,
+                desc: str | None = None) -> TrainResult:
+    """Train one agent per seed, vmapped, through ``common.train.fit``.
 
     Args:
       config: the run's config.
@@ -664,10 +692,12 @@ def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpoi
       checkpointer: optional ``common.checkpoint.Checkpointer``; the state is
         restored from its latest step (resume) and saved after every chunk.
       periods_per_chunk: evaluation periods per jitted call (default: all).
-      on_chunk: ``on_chunk(rows)`` called with the chunk's per-period rows (logging).
-      progress: show a progress bar.
+      logger: a ``common.metrics.MetricsWriter`` receiving one row per period.
+      progress: show a progress bar (in environment steps).
       env: an explicit environment (default ``make_env(config.env)``).
-      stop_after_chunks: stop early after this many chunks (tests of resume).
+      num_steps: stop at this many env steps per seed (a multiple of ``eval_every``;
+        default ``config.total_steps``); a later call continues from the checkpoint.
+      desc: the progress bar's label.
 
     Returns:
       A :class:`TrainResult`.
@@ -677,65 +707,34 @@ def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpoi
         loss (checked after every chunk, before it is checkpointed).
     """
     from common.sharding import shard_batch
+    from common.train import fit, state_step
 
     t0 = time.perf_counter()
-    agent, init, chunk = _compiled(config, env)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
+    agent = make_agent(config, env)
+    every = config.eval_every
     chunk_len = int(periods_per_chunk or config.num_periods)
     if chunk_len < 1:
         raise ValueError(f"periods_per_chunk must be >= 1, got {periods_per_chunk}")
-    state = init(seed_keys(seeds))
+    num_steps = config.total_steps if num_steps is None else int(num_steps)
+    if not 0 <= num_steps <= config.total_steps or num_steps % every:
+        raise ValueError(f"num_steps must be a multiple of eval_every ({every}) in "
+                         f"[0, total_steps={config.total_steps}], got {num_steps}")
+    state = jax.jit(jax.vmap(agent.init))(seed_keys(seeds))
     # Committed placement throughout (restored checkpoints are committed too), so fresh
     # and resumed runs share one compilation of the chunk.
     state = jax.device_put(state, jax.devices()[0]) if mesh is None else shard_batch(state, mesh)
     if checkpointer is not None:
         state = checkpointer.restore_or(state)
-    steps_done = int(np.asarray(state.step).reshape(-1)[0])
-    if steps_done % config.eval_every:
-        raise ValueError(f"restored state at env step {steps_done} is not on an evaluation "
-                         f"boundary (eval_every={config.eval_every})")
-    period = steps_done // config.eval_every
-    start_step = steps_done
-    history: list[dict] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.num_periods, initial=period, desc=f"ddpg {config.env}",
-                   dynamic_ncols=True, leave=False)
-    chunks_run = 0
-    final = None
-    try:
-        while period < config.num_periods:
-            if stop_after_chunks is not None and chunks_run >= stop_after_chunks:
-                break
-            n = min(chunk_len, config.num_periods - period)
-            state, metrics = chunk(state, jnp.asarray(period, jnp.int32), n)
-            raise_on_error(state, seeds)
-            host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}  # [S, n]
-            rows = [{"step": (period + i + 1) * config.eval_every,
-                     **{k: v[:, i] for k, v in host.items()}} for i in range(n)]
-            history.extend(rows)
-            final = rows[-1]["eval_return"]
-            period += n
-            chunks_run += 1
-            if on_chunk is not None:  # log first: a crash before the save repeats rows,
-                on_chunk(rows)        # never loses them (readers keep the last per step)
-            if checkpointer is not None:
-                checkpointer.save(period * config.eval_every, state)
-            if bar is not None:
-                bar.update(n)
-                bar.set_postfix(eval_return=f"{float(np.mean(final)):.1f}")
-    finally:
-        if bar is not None:
-            bar.close()
-        if checkpointer is not None:
-            checkpointer.wait()
-    if final is None:  # nothing left to run (a finished run restored): evaluate again
-        evaluate = jax.jit(jax.vmap(lambda s: jnp.mean(agent.evaluate(
-            s.learner.actor, agent.eval_key(s.key), config.eval_episodes))))
-        final = evaluate(state)
-    return TrainResult(state=state, history=history, final_eval_returns=np.asarray(final),
+    start_step = state_step(state)
+    history: list = []
+    state = fit(state, chunk_fn=make_chunk_fn(agent, seeds), num_steps=num_steps,
+                chunk_size=chunk_len * every, steps_per_row=every,
+                on_chunk=lambda s, step: raise_on_error(s, seeds), logger=logger,
+                checkpointer=checkpointer, checkpoint_every=chunk_len * every,
+                progress=progress, desc=desc or f"{config.env}", history=history)
+    return TrainResult(state=state, history=history,
+                       final_eval_returns=np.asarray(state.eval_return),
                        wall_seconds=time.perf_counter() - t0, start_step=start_step)

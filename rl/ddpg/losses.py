@@ -1,5 +1,7 @@
 """Pure DDPG/TD3 loss pieces: TD targets, critic and actor losses, target smoothing,
 soft target updates. Nothing here knows about networks: values come in as arrays.
+The TD target and the soft update are the generic per-transition functions of
+:mod:`rl.value_learning`, re-exported here.
 
 With a deterministic policy ``μ_θ``, critics ``Q_φc`` (``c = 1..C``; ``C = 1`` for
 DDPG, ``2`` for TD3's twin critics) and their target copies ``μ_θ'``, ``Q_φ'c``:
@@ -25,51 +27,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from common.checks import check_rank
+from rl.value_learning import soft_update, td_target, validate_tau
 
 __all__ = ["critic_loss", "dpg_actor_loss", "scale_action", "smoothed_target_action",
            "soft_update", "td_target", "validate_tau"]
-
-
-def _check_rank(x, ndim: int, name: str, shape: str) -> None:
-    if jnp.ndim(x) != ndim:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(jnp.shape(x))}")
-
-
-def validate_tau(tau) -> None:
-    """Raise ``ValueError`` unless ``0 < tau <= 1`` (only for concrete values)."""
-    if isinstance(tau, jax.core.Tracer):
-        return
-    value = float(tau)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {value}")
-
-
-def td_target(reward: jax.Array, discount: jax.Array, next_q: jax.Array,
-              gamma: float) -> jax.Array:
-    """One-step TD target ``y = r + γ d q'``.
-
-    Args:
-      reward: ``[B]`` rewards.
-      discount: ``[B]`` ``1 − terminated`` (1 for truncated transitions).
-      next_q: ``[B]`` target value of the successor, ``min_c Q'_c(s', a')``.
-      gamma: discount factor in ``[0, 1]``.
-
-    Returns:
-      ``[B]`` targets (no gradient is stopped here; callers stop it).
-
-    Example:
-        >>> td_target(jnp.array([1.0]), jnp.array([0.0]), jnp.array([5.0]), 0.9)
-        Array([1.], dtype=float32)
-    """
-    for x, name in ((reward, "reward"), (discount, "discount"), (next_q, "next_q")):
-        _check_rank(x, 1, name, "[B]")
-    if not (reward.shape == discount.shape == next_q.shape):
-        raise ValueError(f"reward, discount and next_q must all be [B], got {reward.shape}, "
-                         f"{discount.shape}, {next_q.shape}")
-    if not isinstance(gamma, jax.core.Tracer) and not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    return reward + gamma * discount * next_q
 
 
 def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
@@ -82,8 +45,8 @@ def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
     Returns:
       Scalar loss.
     """
-    _check_rank(q, 2, "q", "[C, B]")
-    _check_rank(target, 1, "target", "[B]")
+    check_rank(q, "q", 2, "[C, B]")
+    check_rank(target, "target", 1, "[B]")
     if q.shape[1] != target.shape[0]:
         raise ValueError(f"q [C, B] and target [B] disagree on B: {q.shape} vs {target.shape}")
     target = jax.lax.stop_gradient(target)
@@ -99,7 +62,7 @@ def dpg_actor_loss(q: jax.Array) -> jax.Array:
     Returns:
       Scalar loss.
     """
-    _check_rank(q, 1, "q", "[B]")
+    check_rank(q, "q", 1, "[B]")
     return -jnp.mean(q)
 
 
@@ -149,27 +112,9 @@ def smoothed_target_action(action: jax.Array, key: jax.Array, noise_std: float,
     Returns:
       ``[B, A]`` actions inside ``[low, high]``.
     """
-    _check_rank(action, 2, "action", "[B, A]")
+    check_rank(action, "action", 2, "[B, A]")
     low, high = _bounds(low, high, action)  # [1, A]
     half = 0.5 * (high - low)
     eps = noise_std * jax.random.normal(key, action.shape, action.dtype)
     eps = jnp.clip(eps, -noise_clip, noise_clip) * half
     return jnp.clip(action + eps, low, high)
-
-
-def soft_update(target, online, tau: float):
-    """Polyak averaging ``target ← τ online + (1 − τ) target`` (``optax.incremental_update``).
-
-    Args:
-      target: the target-network pytree.
-      online: the online-network pytree (same structure).
-      tau: step size in ``(0, 1]``; ``1`` copies ``online``.
-
-    Returns:
-      The new target pytree.
-
-    Raises:
-      ValueError: for a concrete ``tau`` outside ``(0, 1]``.
-    """
-    validate_tau(tau)
-    return optax.incremental_update(online, target, tau)

@@ -14,15 +14,18 @@ Dynamics are deterministic. The reward of a move depends on where it ends:
 * every other move gives ``r_other``.
 
 A world is a frozen (hashable) dataclass, so it can be a static argument of
-``jax.jit``. It offers the tabular model ``(P, R)`` for dynamic programming and
-pure ``reset`` / ``step`` functions for sampling inside ``jit``, ``vmap`` and
-``lax.scan``.
+``jax.jit``. It implements the environment protocol of :mod:`rl.envs.protocol`
+with every optional capability: pure ``reset`` / ``step`` for sampling inside
+``jit``, ``vmap`` and ``lax.scan`` (the observation and the state are both the
+int32 state index; the world never terminates, so ``discount`` is always 1),
+``reset_to`` for exploring starts, ``num_states`` / ``num_actions``, and the
+tabular model ``(P, R)`` for dynamic programming.
 
 Example:
     >>> world = book_5x5()                      # forbidden cells, target (4, 3)
     >>> P, R = world.model()                    # [25, 5, 25], [25, 5]
-    >>> s = world.reset(jax.random.key(0))      # uniform start state
-    >>> s, r = world.step(jax.random.key(1), s, 4)   # stay
+    >>> obs, state = world.reset(jax.random.key(0))      # uniform start state
+    >>> step = world.step(jax.random.key(1), state, 4)   # stay: step.obs, step.reward
 
 Reference: S. Zhao, *Mathematical Foundations of Reinforcement Learning*
 (Springer, 2025), chapter 1 (the grid-world example used throughout the book).
@@ -39,6 +42,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from common.checks import check_int
+from rl.envs.protocol import Step
 
 ACTION_NAMES = ("up", "right", "down", "left", "stay")
 # (row, col) displacement of each action, in the order of ACTION_NAMES.
@@ -88,9 +94,7 @@ class GridWorld:
 
     def __post_init__(self):
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name)
         target = _as_cell(self.target, "target")
         forbidden = tuple(sorted({_as_cell(c, "forbidden") for c in self.forbidden}))
         for name, cells in (("forbidden", forbidden), ("target", (target,))):
@@ -195,29 +199,41 @@ class GridWorld:
 
     # ------------------------------------------------------------------ sampling
 
-    def reset(self, key: jax.Array) -> jax.Array:
-        """A start state drawn uniformly over all ``S`` cells (int32 scalar).
+    def reset(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(obs, state)`` of a start cell drawn uniformly over all ``S`` cells; both are
+        the int32 scalar state index.
 
         Drawn as 32 random bits modulo ``S`` (bias below ``S / 2³²``), which compiles
         much faster than ``jax.random.randint``.
         """
         bits = jax.random.bits(key, (), jnp.uint32)
-        return (bits % self.num_states).astype(jnp.int32)
+        s = (bits % self.num_states).astype(jnp.int32)
+        return s, s
+
+    def reset_to(self, key: jax.Array, state_index) -> tuple[jax.Array, jax.Array]:
+        """``(obs, state)`` of an episode starting in ``state_index`` (key unused)."""
+        del key
+        s = jnp.asarray(state_index, jnp.int32)
+        return s, s
 
     deterministic: ClassVar[bool] = True  # step() ignores its key
 
-    def step(self, key: jax.Array, state, action) -> tuple[jax.Array, jax.Array]:
-        """One move: ``(next_state, reward)`` for ``state`` and ``action`` (int scalars).
+    def step(self, key: jax.Array, state, action) -> Step:
+        """One move from ``state`` with ``action`` (int scalars), as a :class:`Step`.
 
-        Pure and jittable. ``key`` is unused by this deterministic world (see
-        ``deterministic``) but keeps the signature of a stochastic environment.
+        ``obs``, ``state`` and ``next_obs`` are the next state index; the world has no
+        terminal states or time limit (``terminated = truncated = False``,
+        ``discount = 1``). Pure and jittable. ``key`` is unused by this deterministic
+        world (see ``deterministic``) but keeps the protocol's signature.
         """
         del key
         next_state, reward = self._tables
         index = jnp.asarray(state, jnp.int32) * NUM_ACTIONS + jnp.asarray(action, jnp.int32)
         s2 = jnp.asarray(next_state.ravel())[index]
         r = jnp.asarray(reward.ravel(), dtype=jnp.result_type(float))[index]
-        return s2, r
+        never = jnp.zeros(jnp.shape(r), bool)
+        return Step(obs=s2, state=s2, reward=r, terminated=never, truncated=never,
+                    next_obs=s2, discount=jnp.ones_like(r))
 
 
 def _one_indexed(cells: Sequence[Cell]) -> tuple[Cell, ...]:

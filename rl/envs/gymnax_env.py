@@ -9,9 +9,10 @@ Any object with gymnax's functional interface works:
 environment behind a wrapper exposing the same two calls). gymnax resets
 automatically when ``terminated or truncated``: the returned ``obs`` then belongs to
 the *next* episode and the last observation of the finished one is
-``info["final_observation"]``. :class:`ContinuousEnv` turns that into a
-:class:`Step` whose ``next_obs`` is always the true successor observation, so a
-learner bootstraps correctly:
+``info["final_observation"]``. :class:`ContinuousEnv` implements the environment
+protocol of :mod:`rl.envs.protocol`: its ``step`` returns a :class:`Step` whose
+``next_obs`` is always the true successor observation, so a learner bootstraps
+correctly:
 
 * terminated (a real terminal state): target ``r`` — no bootstrap,
   ``discount = 0``;
@@ -34,40 +35,15 @@ Reference: F. Pardo et al., "Time Limits in Reinforcement Learning", ICML 2018
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rl.envs.protocol import Step
+
 __all__ = ["ContinuousEnv", "Step", "make_env"]
-
-
-class Step(NamedTuple):
-    """One environment transition, time limits resolved.
-
-    Attributes:
-      obs: ``[O]`` the observation to act on next (already reset after an episode end).
-      state: the environment state matching ``obs``.
-      reward: scalar reward of the transition.
-      terminated: bool scalar, the episode reached a terminal state.
-      truncated: bool scalar, the episode hit its time limit.
-      next_obs: ``[O]`` the successor observation of the transition (before any reset).
-      discount: float scalar, ``1 − terminated`` (0 at real terminals, 1 otherwise).
-    """
-
-    obs: jax.Array
-    state: Any
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array
-    discount: jax.Array
-
-    @property
-    def done(self) -> jax.Array:
-        """The episode ended (terminated or truncated): the next ``obs`` is a reset."""
-        return jnp.logical_or(self.terminated, self.truncated)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from common.checks import shape_of
+
 __all__ = [
     "PairLogps",
     "SequenceLogps",
@@ -46,10 +48,6 @@ class SequenceLogps(NamedTuple):
     lengths: jax.Array
 
 
-def _shape(x) -> tuple[int, ...]:
-    return tuple(jnp.shape(x))
-
-
 def token_logps(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """``log softmax(logits)[labels]`` per position, without materialising the softmax.
 
@@ -66,10 +64,10 @@ def token_logps(logits: jax.Array, labels: jax.Array) -> jax.Array:
       >>> token_logps(jnp.zeros((1, 2, 4)), jnp.array([[0, 3]]))  # log(1/4) each
     """
     if jnp.ndim(logits) != 3:
-        raise ValueError(f"logits must have shape [B, T, V], got shape {_shape(logits)}")
-    if _shape(labels) != _shape(logits)[:2]:
-        raise ValueError(f"labels must have shape [B, T] = {_shape(logits)[:2]}, got shape "
-                         f"{_shape(labels)}")
+        raise ValueError(f"logits must have shape [B, T, V], got shape {shape_of(logits)}")
+    if shape_of(labels) != shape_of(logits)[:2]:
+        raise ValueError(f"labels must have shape [B, T] = {shape_of(logits)[:2]}, got shape "
+                         f"{shape_of(labels)}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -96,22 +94,22 @@ def completion_mask(prompt_lengths: jax.Array, lengths: jax.Array, seq_len: int)
     lengths = jnp.asarray(lengths)
     if jnp.ndim(prompt_lengths) != 1:
         raise ValueError(f"prompt_lengths must have shape [B], got shape "
-                         f"{_shape(prompt_lengths)}")
-    if _shape(lengths) != _shape(prompt_lengths):
-        raise ValueError(f"lengths must have shape [B] = {_shape(prompt_lengths)} like "
-                         f"prompt_lengths, got shape {_shape(lengths)}")
+                         f"{shape_of(prompt_lengths)}")
+    if shape_of(lengths) != shape_of(prompt_lengths):
+        raise ValueError(f"lengths must have shape [B] = {shape_of(prompt_lengths)} like "
+                         f"prompt_lengths, got shape {shape_of(lengths)}")
     t = jnp.arange(seq_len)[None, :]
     return (t >= prompt_lengths[:, None]) & (t < lengths[:, None])
 
 
 def _check_tokens_mask(tokens, mask, tokens_name: str, mask_name: str) -> None:
     if jnp.ndim(tokens) != 2:
-        raise ValueError(f"{tokens_name} must have shape [B, T], got shape {_shape(tokens)}")
+        raise ValueError(f"{tokens_name} must have shape [B, T], got shape {shape_of(tokens)}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{tokens_name} must be integer token ids, got dtype {tokens.dtype}")
-    if _shape(mask) != _shape(tokens):
-        raise ValueError(f"{mask_name} must have shape [B, T] = {_shape(tokens)} like "
-                         f"{tokens_name}, got shape {_shape(mask)}")
+    if shape_of(mask) != shape_of(tokens):
+        raise ValueError(f"{mask_name} must have shape [B, T] = {shape_of(tokens)} like "
+                         f"{tokens_name}, got shape {shape_of(mask)}")
     if mask.dtype != jnp.bool_:
         raise ValueError(f"{mask_name} must be boolean (True = completion token), got dtype "
                          f"{mask.dtype}")
@@ -143,9 +141,9 @@ def sequence_logps(logits: jax.Array, tokens: jax.Array, mask: jax.Array, *,
     tokens = jnp.asarray(tokens)
     mask = jnp.asarray(mask)
     _check_tokens_mask(tokens, mask, "tokens", "mask")
-    if jnp.ndim(logits) != 3 or _shape(logits)[:2] != _shape(tokens):
-        raise ValueError(f"logits must have shape [B, T, V] with [B, T] = {_shape(tokens)}, "
-                         f"got shape {_shape(logits)}")
+    if jnp.ndim(logits) != 3 or shape_of(logits)[:2] != shape_of(tokens):
+        raise ValueError(f"logits must have shape [B, T, V] with [B, T] = {shape_of(tokens)}, "
+                         f"got shape {shape_of(logits)}")
     per_token = token_logps(logits[:, :-1], tokens[:, 1:])  # [B, T-1]
     shifted = mask[:, 1:]
     total = jnp.sum(jnp.where(shifted, per_token, 0.0), axis=-1)  # [B]
@@ -179,7 +177,7 @@ def concatenate_pairs(chosen_tokens: jax.Array, chosen_mask: jax.Array,
     if rejected_tokens.shape[0] != chosen_tokens.shape[0]:
         raise ValueError(f"rejected_tokens must have the batch size B = "
                          f"{chosen_tokens.shape[0]} of chosen_tokens, got shape "
-                         f"{_shape(rejected_tokens)}")
+                         f"{shape_of(rejected_tokens)}")
     T = max(chosen_tokens.shape[1], rejected_tokens.shape[1])
 
     def pad(x, value):

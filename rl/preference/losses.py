@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from common.checks import is_concrete, shape_of
 from common.registry import Registry
 
 __all__ = [
@@ -494,7 +495,7 @@ def kto_loss(policy_logps: jax.Array, ref_logps: jax.Array, desirable: jax.Array
     if desirable.dtype != jnp.bool_:
         raise ValueError(f"desirable must be a boolean array, got dtype {desirable.dtype}")
     if jnp.ndim(kl) != 0:
-        raise ValueError(f"kl must be a scalar, got shape {tuple(jnp.shape(kl))}")
+        raise ValueError(f"kl must be a scalar, got shape {shape_of(kl)}")
     _check_beta(beta)
     z0 = jax.lax.stop_gradient(jnp.asarray(kl, policy_logps.dtype))
     rho = policy_logps - ref_logps
@@ -572,7 +573,7 @@ def update_reward_mean(mean: jax.Array, count: jax.Array, rewards: jax.Array):
     """
     rewards = jax.lax.stop_gradient(jnp.asarray(rewards))
     if jnp.ndim(rewards) != 1:
-        raise ValueError(f"rewards must have shape [n], got {tuple(jnp.shape(rewards))}")
+        raise ValueError(f"rewards must have shape [n], got {shape_of(rewards)}")
     n = rewards.shape[0]
     new_count = count + n
     new_mean = (count * mean + jnp.sum(rewards)) / jnp.maximum(new_count, 1)
@@ -624,40 +625,32 @@ def preference_metrics(policy_chosen_logps: jax.Array, policy_rejected_logps: ja
 # ----------------------------------------------------------------------------- checks
 
 
-def _shape(x) -> tuple[int, ...]:
-    return tuple(jnp.shape(x))
-
-
 def _check_vector(x, name: str) -> None:
     if jnp.ndim(x) != 1:
-        raise ValueError(f"{name} must have shape [B], got shape {_shape(x)}")
+        raise ValueError(f"{name} must have shape [B], got shape {shape_of(x)}")
     if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
 
 
 def _check_same(x, name: str, like, like_name: str, *, floating: bool = True) -> None:
-    if _shape(x) != _shape(like):
-        raise ValueError(f"{name} must have shape [B] = {_shape(like)} like {like_name}, "
-                         f"got shape {_shape(x)}")
+    if shape_of(x) != shape_of(like):
+        raise ValueError(f"{name} must have shape [B] = {shape_of(like)} like {like_name}, "
+                         f"got shape {shape_of(x)}")
     if floating and not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
 
 
-def _is_concrete(value) -> bool:
-    return not isinstance(value, jax.core.Tracer)
-
-
 def _check_beta(beta) -> None:
     if jnp.ndim(beta) != 0:
-        raise ValueError(f"beta must be a scalar, got shape {_shape(beta)}")
-    if _is_concrete(beta) and not float(beta) > 0:
+        raise ValueError(f"beta must be a scalar, got shape {shape_of(beta)}")
+    if is_concrete(beta) and not float(beta) > 0:
         raise ValueError(f"beta must be > 0, got {float(beta)}")
 
 
 def _check_label_smoothing(label_smoothing, specs: Sequence[PreferenceLoss]) -> None:
     if jnp.ndim(label_smoothing) != 0:
-        raise ValueError(f"label_smoothing must be a scalar, got shape {_shape(label_smoothing)}")
-    if not _is_concrete(label_smoothing):
+        raise ValueError(f"label_smoothing must be a scalar, got shape {shape_of(label_smoothing)}")
+    if not is_concrete(label_smoothing):
         return
     value = float(label_smoothing)
     users = [s for s in specs if s.label_smoothing is not None]
@@ -678,9 +671,9 @@ def _check_label_smoothing(label_smoothing, specs: Sequence[PreferenceLoss]) -> 
 
 def _as_lengths(lengths, name: str, like) -> jax.Array:
     lengths = jnp.asarray(lengths)
-    if _shape(lengths) != _shape(like):
-        raise ValueError(f"{name} must have shape [B] = {_shape(like)}, got shape "
-                         f"{_shape(lengths)}")
+    if shape_of(lengths) != shape_of(like):
+        raise ValueError(f"{name} must have shape [B] = {shape_of(like)}, got shape "
+                         f"{shape_of(lengths)}")
     return jnp.maximum(lengths.astype(like.dtype), 1.0)
 
 
@@ -763,7 +756,7 @@ def preference_loss(policy_chosen_logps: jax.Array,
         valid = ", ".join(sorted(accepted)) or "(none)"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for loss_type "
                          f"{list(names)}; accepted options: {valid}")
-    if "discopop_tau" in options and _is_concrete(options["discopop_tau"]) and not float(
+    if "discopop_tau" in options and is_concrete(options["discopop_tau"]) and not float(
             options["discopop_tau"]) > 0:
         raise ValueError(f"discopop_tau must be > 0, got {options['discopop_tau']}")
 

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.nn import Decoder, causal_mask
+from common.checks import is_concrete
+from common.nn import Decoder, TransformerConfig, causal_mask
 
 __all__ = [
     "CausalLM",
@@ -73,11 +74,11 @@ class Backbone(nnx.Module):
             raise ValueError(f"vocab_size must be >= 1, got {cfg.vocab_size}")
         self.vocab_size = cfg.vocab_size
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
-        self.decoder = Decoder(
-            cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.mlp_dim, cross_attention=False,
-            norm="rmsnorm", norm_first=True, mlp="swiglu", activation="silu", mlp_bias=False,
-            qkv_bias=False, rope="1d", dropout_rate=cfg.dropout_rate, final_norm=True,
-            rngs=rngs)
+        self.decoder = Decoder(TransformerConfig(
+            d_model=cfg.d_model, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+            num_layers=cfg.num_layers, cross_attention=False, norm="rmsnorm", norm_first=True,
+            mlp="swiglu", activation="silu", mlp_bias=False, qkv_bias=False, rope="1d",
+            dropout_rate=cfg.dropout_rate, final_norm=True), rngs=rngs)
 
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -202,7 +203,7 @@ def sample_completions(logits_fn: Callable[[jax.Array], jax.Array], prompts: jax
         raise ValueError(f"prompts must be integer token ids, got dtype {prompts.dtype}")
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    if not isinstance(temperature, jax.core.Tracer) and not temperature > 0:
+    if is_concrete(temperature) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, P = prompts.shape
     buffer = jnp.concatenate([prompts, jnp.full((B, length), pad_id, prompts.dtype)], axis=1)

@@ -1,7 +1,9 @@
 """Training steps for RLHF and DPO on a causal LM, as ``common.train`` loss functions.
 
-Every factory returns ``loss_fn(params, batch, key[, coef]) -> (loss, metrics)``, the
-signature ``common.train.train_step_fn`` / ``fit`` expect; the optional last argument
+Every factory returns ``loss_fn(params, rest, batch, key[, coef]) -> (loss, metrics)``,
+the signature ``common.train.train_step_fn`` / ``fit`` expect (``rest``, the model's
+non-trainable state, is unused: the model functions below hold their own copy, since
+the language model keeps no running statistics); the optional last argument
 is the method's coefficient (DPO's ``β``, RLHF's KL coefficient) so that
 :func:`make_sweep_loss` can train several coefficients at once (vmapped, one compile).
 
@@ -58,7 +60,13 @@ LogitsFn = Callable[[object, jax.Array], jax.Array]
 
 
 def make_logits_fn(graphdef, rest) -> LogitsFn:
-    """``logits_fn(params, tokens [B, T]) -> logits [B, T, V]`` of a split nnx LM."""
+    """``logits_fn(params, tokens [B, T]) -> logits [B, T, V]`` of a split nnx LM.
+
+    ``rest`` (the non-trainable state from ``nnx.split``: RNG counters, nothing that
+    training changes) is copied here, so the function never reads buffers that a
+    donated training step consumes.
+    """
+    rest = jax.tree.map(jnp.copy, rest)
 
     def logits_fn(params, tokens):
         return nnx.merge(graphdef, params, rest)(tokens)
@@ -67,7 +75,9 @@ def make_logits_fn(graphdef, rest) -> LogitsFn:
 
 
 def make_reward_fn(graphdef, rest) -> Callable[[object, jax.Array, jax.Array], jax.Array]:
-    """``reward_fn(params, tokens [B, T], lengths [B]) -> [B]`` of a split reward model."""
+    """``reward_fn(params, tokens [B, T], lengths [B]) -> [B]`` of a split reward model
+    (``rest`` copied, as in :func:`make_logits_fn`)."""
+    rest = jax.tree.map(jnp.copy, rest)
 
     def reward_fn(params, tokens, lengths):
         return nnx.merge(graphdef, params, rest)(tokens, lengths)
@@ -85,10 +95,10 @@ def make_sft_loss(logits_fn: LogitsFn):
     """SFT: ``−Σ_b log π(y_b|x_b) / Σ_b |y_b|`` on a batch ``{"tokens" [B, T], "mask" [B, T]}``.
 
     Returns:
-      ``loss_fn(params, batch, key) -> (loss, {"nll": loss})``.
+      ``loss_fn(params, rest, batch, key) -> (loss, {"nll": loss})``.
     """
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, rest, batch, key):
         _pair_batch_check(batch, ("tokens", "mask"))
         out = sequence_logps(logits_fn(params, batch["tokens"]), batch["tokens"], batch["mask"])
         nll = -jnp.sum(out.logps) / jnp.maximum(jnp.sum(out.lengths), 1)
@@ -103,10 +113,10 @@ def make_reward_model_loss(reward_fn, *, center_rewards_coefficient: float | Non
     Both completions go through the model in one ``[2B, T]`` pass.
 
     Returns:
-      ``loss_fn(params, batch, key) -> (loss, {"accuracy", "margin"})``.
+      ``loss_fn(params, rest, batch, key) -> (loss, {"accuracy", "margin"})``.
     """
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, rest, batch, key):
         _pair_batch_check(batch, ("chosen", "rejected", "chosen_length", "rejected_length"))
         B = batch["chosen"].shape[0]
         tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
@@ -140,14 +150,14 @@ def make_dpo_loss(logits_fn: LogitsFn, *, loss_type="sigmoid", beta: float = 0.1
       pad_id: padding id used when chosen and rejected differ in length.
 
     Returns:
-      ``loss_fn(params, batch, key, beta=beta) -> (mean loss, TRL's metrics)``.
+      ``loss_fn(params, rest, batch, key, beta=beta) -> (mean loss, TRL's metrics)``.
 
     Example:
         >>> loss_fn = make_dpo_loss(make_logits_fn(graphdef, rest), loss_type="ipo")
         >>> step = make_train_step(loss_fn, build_optimizer(name="adam"))
     """
 
-    def loss_fn(params, batch, key, beta=beta):
+    def loss_fn(params, rest, batch, key, beta=beta):
         _pair_batch_check(batch, ("chosen", "chosen_mask", "rejected", "rejected_mask"))
         pair = (batch["chosen"], batch["chosen_mask"], batch["rejected"], batch["rejected_mask"])
         out = concatenated_logps(functools.partial(logits_fn, params), *pair, average=average,
@@ -236,7 +246,7 @@ def make_rloo_loss(logits_fn: LogitsFn, ref_params, reward_fn: Callable[[jax.Arr
       pad_id: filler for not-yet-sampled positions.
 
     Returns:
-      ``loss_fn(params, batch, key, kl_coef=kl_coef) -> (loss, {"reward", "kl",
+      ``loss_fn(params, rest, batch, key, kl_coef=kl_coef) -> (loss, {"reward", "kl",
       "rlhf_reward", "advantage_std"})`` with ``kl`` the sampled sequence KL.
 
     Paper: Ahmadian et al. 2024 (RLOO); Williams 1992 (REINFORCE); Ouyang et al. 2022.
@@ -245,7 +255,7 @@ def make_rloo_loss(logits_fn: LogitsFn, ref_params, reward_fn: Callable[[jax.Arr
         raise ValueError(f"num_samples must be >= 2 for a leave-one-out baseline, got "
                          f"{num_samples}")
 
-    def loss_fn(params, batch, key, kl_coef=kl_coef):
+    def loss_fn(params, rest, batch, key, kl_coef=kl_coef):
         _pair_batch_check(batch, ("prompts",))
         prompts = batch["prompts"]
         B, P = prompts.shape
@@ -275,19 +285,19 @@ def make_rloo_loss(logits_fn: LogitsFn, ref_params, reward_fn: Callable[[jax.Arr
 def make_sweep_loss(loss_fn, coefs):
     """Train one model per coefficient in a single program.
 
-    ``L(θ_1..θ_K) = Σ_k loss_fn(θ_k, batch, key_k, coef_k)``: the members share nothing,
+    ``L(θ_1..θ_K) = Σ_k loss_fn(θ_k, rest, batch, key_k, coef_k)``: the members share nothing,
     so the gradient of the sum is each member's own gradient, and an element-wise
     optimizer (Adam, SGD) updates each exactly as if trained alone. Global-norm
     clipping would couple the members; leave ``clip_norm`` unset for sweeps.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, key, coef) -> (loss, metrics)``.
+      loss_fn: ``loss_fn(params, rest, batch, key, coef) -> (loss, metrics)``.
       coefs: ``K`` coefficients.
 
     Returns:
-      ``sweep(params [K, ...], batch, key) -> (Σ losses, {f"{name}[{k}]": metric})``,
-      parameters stacked by :func:`stack_params`; every member sees the same batch and
-      its own key.
+      ``sweep(params [K, ...], rest, batch, key) -> (Σ losses, {f"{name}[{k}]": metric})``,
+      parameters stacked by :func:`stack_params` (``rest`` shared); every member sees the
+      same batch and its own key.
     """
     coefs = tuple(float(c) for c in coefs)
     if not coefs:
@@ -295,9 +305,10 @@ def make_sweep_loss(loss_fn, coefs):
     values = jnp.asarray(coefs, jnp.float32)
     K = len(coefs)
 
-    def sweep(params, batch, key):
+    def sweep(params, rest, batch, key):
         keys = jax.random.split(key, K)
-        losses, metrics = jax.vmap(loss_fn, in_axes=(0, None, 0, 0))(params, batch, keys, values)
+        losses, metrics = jax.vmap(loss_fn, in_axes=(0, None, None, 0, 0))(params, rest, batch,
+                                                                            keys, values)
         out = {f"{name}[{k}]": value[k] for name, value in metrics.items() for k in range(K)}
         out.update({f"loss[{k}]": losses[k] for k in range(K)})
         return jnp.sum(losses), out

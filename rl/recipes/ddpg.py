@@ -1,33 +1,25 @@
-"""DDPG/TD3 recipes (``ddpg-pendulum``, ``td3-pendulum``, ``ddpg-mountaincar``) and the
-DDPG throughput benchmark.
+"""DDPG/TD3 recipes: ``ddpg-pendulum``, ``td3-pendulum``, ``ddpg-mountaincar``.
 
 Each recipe trains one agent per seed (8 by default) in a single vmapped, jitted
-program (``rl.ddpg.train_seeds``), with the seed axis sharded over the devices when
-there are several, a checkpoint between scan chunks (an interrupted run resumes),
-every evaluation logged per seed to ``metrics.jsonl``, and a learning-curve figure.
-The summary holds ``eval_return_mean`` (the final deterministic evaluation, averaged
-over seeds), ``eval_return_per_seed``, ``env_steps`` (per seed) and ``wall_seconds``.
-
-The benchmark (:func:`bench_ddpg_throughput`) times environment steps per second of
-the on-device training loop (updates included) for 1 and 8 vmapped seeds, the
-rollout alone, and the same agent driven from a Python loop — one jitted action, one
-jitted environment step and one jitted update per environment step, with a host-side
-numpy replay buffer (:func:`python_loop_steps`) — measured in the same run.
+program (``rl.ddpg.train_seeds``, driven by ``common.train.fit``), with the seed axis
+sharded over the devices when there are several, a checkpoint between scan chunks (an
+interrupted run resumes), every evaluation logged per seed to ``metrics.jsonl``, and a
+learning-curve figure. The summary holds ``eval_return_mean`` (the final deterministic
+evaluation, averaged over seeds), ``eval_return_per_seed``, ``env_steps`` (per seed)
+and ``wall_seconds``. The throughput benchmark lives in ``rl.benchmarks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.bench import BenchContext, time_call
 from common.metrics import read_metrics, series
 from common.recipe import RunContext, register_recipe
-from rl.ddpg import DDPGConfig, ddpg_config, make_agent, seed_keys, td3_config, train_seeds
+from rl.ddpg import DDPGConfig, ddpg_config, make_agent, td3_config, train_seeds
 
 PENDULUM_TARGET = -200.0      # the issue's bar for ddpg-pendulum at quick scale
 MOUNTAINCAR_SOLVED = 90.0     # Gym's "solved" threshold for MountainCarContinuous-v0
@@ -69,20 +61,6 @@ def random_policy_return(env, key: jax.Array, episodes: int = 16) -> float:
 
     returns = jax.jit(jax.vmap(episode))(jax.random.split(key, episodes))
     return float(jnp.mean(returns))
-
-
-def _log_rows(logger, rows, seeds):
-    for row in rows:
-        evals = np.asarray(row["eval_return"], np.float64)
-        out = {"eval_return_mean": evals.mean(), "eval_return_std": evals.std(),
-               "eval_return_min": evals.min(), "eval_return_max": evals.max()}
-        out.update({f"eval_return/seed{s}": float(v) for s, v in zip(seeds, evals, strict=True)})
-        for name in ("train_return", "critic_loss", "actor_loss", "q_mean", "episodes"):
-            values = np.asarray(row[name], np.float64)
-            if np.any(np.isfinite(values)):       # NaN means "none in this period"
-                out[f"{name}_mean"] = float(np.nanmean(values))
-        logger.write(row["step"], out)
-    logger.flush()
 
 
 def plot_learning_curves(rows: list[dict], seeds, title: str, *, target: float | None = None,
@@ -136,9 +114,9 @@ def run_ddpg_recipe(ctx: RunContext, cfg: DDPGRecipeConfig, title: str) -> tuple
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
     mesh = _mesh_for(cfg.num_seeds, cfg.shard_seeds)
     result = train_seeds(cfg.agent, seeds, mesh=mesh, checkpointer=ctx.checkpointer(),
-                         periods_per_chunk=cfg.periods_per_chunk,
-                         on_chunk=lambda rows: _log_rows(ctx.logger, rows, seeds),
-                         progress=ctx.progress)
+                         periods_per_chunk=cfg.periods_per_chunk, logger=ctx.logger,
+                         progress=ctx.progress, desc=title)
+    ctx.logger.flush()
     env = make_agent(cfg.agent).env
     random_return = random_policy_return(env, jax.random.key(cfg.seed + 12345))
     rows = read_metrics(ctx.logger.path)
@@ -160,8 +138,9 @@ def run_ddpg_recipe(ctx: RunContext, cfg: DDPGRecipeConfig, title: str) -> tuple
 
 
 _PENDULUM_QUICK = ddpg_config()
-_PENDULUM_FULL = ddpg_config(total_steps=50_000, buffer_size=50_000, actor_hidden=(256, 256),
-                             critic_hidden=(256, 256), batch_size=256, eval_every=2_500)
+_PENDULUM_FULL_SIZES = dict(total_steps=50_000, buffer_size=50_000, actor_hidden=(256, 256),
+                            critic_hidden=(256, 256), batch_size=256, eval_every=2_500)
+_PENDULUM_FULL = ddpg_config(**_PENDULUM_FULL_SIZES)
 
 
 @register_recipe(
@@ -186,9 +165,7 @@ def ddpg_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     "td3-pendulum",
     "TD3 (twin critics, target smoothing, delayed actor) on gymnax Pendulum-v1, 8 seeds",
     quick=DDPGRecipeConfig(agent=td3_config()),
-    full=DDPGRecipeConfig(agent=dataclasses.replace(
-        _PENDULUM_FULL, num_critics=2, target_noise=0.2, target_noise_clip=0.5, policy_delay=2),
-        periods_per_chunk=4),
+    full=DDPGRecipeConfig(agent=td3_config(**_PENDULUM_FULL_SIZES), periods_per_chunk=4),
 )
 def td3_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     summary, rows = run_ddpg_recipe(ctx, cfg, "TD3 on Pendulum-v1")
@@ -227,98 +204,3 @@ def ddpg_mountaincar(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     summary["seeds_solved"] = int(np.sum(per_seed >= MOUNTAINCAR_SOLVED))
     summary["seeds_reaching_goal"] = int(np.sum(per_seed > 50.0))   # the +100 goal bonus
     return summary
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def python_loop_steps(agent, state, first_step: int, num_steps: int, seed: int = 0):
-    """The reference path: the same agent driven from a Python loop.
-
-    Per environment step: one jitted exploration action, one jitted environment step,
-    the transition copied to a host-side numpy ring buffer, a batch drawn there with
-    numpy and one jitted update. ``state`` is one seed's ``DDPGState`` whose buffer
-    seeds the numpy buffer. Returns the learner after ``num_steps`` steps.
-    """
-    cfg = agent.config
-    act = _jitted(agent, "act", lambda: jax.jit(agent.explore))
-    env_step = _jitted(agent, "env", lambda: jax.jit(agent.env.step))
-    update = _jitted(agent, "update", lambda: jax.jit(agent.update))
-    storage = {k: np.array(v) for k, v in jax.device_get(state.buffer.storage).items()}
-    position, size = int(state.buffer.position), int(state.buffer.size)
-    capacity = state.buffer.capacity
-    rng = np.random.default_rng(seed)
-    episode_length = int(state.episode_length)
-    for t in range(first_step, first_step + num_steps):
-        k_act, k_env, k_update = jax.random.split(jax.random.fold_in(state.key, t), 3)
-        action, noise = act(state, k_act, t)
-        step = env_step(k_env, state.env_state, action)
-        transition = jax.device_get({"obs": state.obs, "action": action, "reward": step.reward,
-                                     "next_obs": step.next_obs, "discount": step.discount})
-        for k, v in transition.items():
-            storage[k][position] = v
-        position, size = (position + 1) % capacity, min(size + 1, capacity)
-        idx = rng.integers(0, size, cfg.batch_size)
-        batch = {k: v[idx] for k, v in storage.items()}
-        learner, _ = update(state.learner, batch, k_update, t - cfg.learning_starts)
-        episode_length = 0 if bool(step.done) else episode_length + 1
-        state = state.replace(learner=learner, env_state=step.state, obs=step.obs, noise=noise,
-                              episode_length=np.int32(episode_length))
-    return state.learner
-
-
-def _jitted(agent, name, build):
-    cache = agent.__dict__.setdefault("_bench_jits", {})
-    if name not in cache:
-        cache[name] = build()
-    return cache[name]
-
-
-def _update_flops(cfg: DDPGConfig, obs_dim: int, action_dim: int) -> float:
-    """Approximate matmul flops of one update (2 flops per multiply-add, backward = 2×)."""
-    def macs(sizes):
-        return sum(a * b for a, b in itertools.pairwise(sizes))
-
-    actor = macs([obs_dim, *cfg.actor_hidden, action_dim])
-    critic = macs([obs_dim + action_dim, *cfg.critic_hidden, 1])
-    c = cfg.num_critics
-    per_sample = (actor + c * critic          # target actor and target critics (forward)
-                  + 3 * c * critic            # critic step (forward + backward)
-                  + 3 * (actor + critic) / cfg.policy_delay)  # actor step through Q_1
-    return 2.0 * cfg.batch_size * per_sample
-
-
-def bench_ddpg_throughput(ctx: BenchContext) -> dict:
-    """Env steps/s of on-device DDPG (1 and 8 seeds), rollout only, and a Python loop."""
-    steps = 500 if ctx.quick else 5_000
-    py_steps = 150 if ctx.quick else 1_000
-    cfg = ddpg_config(learning_starts=500, buffer_size=20_000)
-    agent = make_agent(cfg)
-    run = jax.jit(jax.vmap(agent.run_steps, in_axes=(0, None, None, None)),
-                  static_argnums=(2, 3))
-    init = jax.jit(jax.vmap(agent.init))
-    out = {"env": cfg.env, "steps_per_call": steps, "batch_size": cfg.batch_size,
-           "hidden": list(cfg.critic_hidden)}
-    t0 = jnp.int32(cfg.learning_starts)
-    state8 = init(seed_keys(range(8)))
-    state8, _ = run(state8, jnp.int32(0), cfg.learning_starts, False)   # fill the buffers
-    rollout = time_call(lambda s: run(s, t0, steps, False)[0].buffer, state8, warmup=0,
-                        repeats=3)
-    out["rollout_steps_per_second_8_seeds"] = rollout.per_second(steps * 8)
-    warm = {8: state8, 1: jax.tree.map(lambda x: x[:1], state8)}
-    for seeds in (1, 8):
-        train = time_call(lambda s: run(s, t0, steps, True)[0].learner, warm[seeds], warmup=1,
-                          repeats=3)
-        out[f"train_steps_per_second_{seeds}_seeds"] = train.per_second(steps * seeds)
-    one = jax.tree.map(lambda x: x[0], state8)
-    loop = time_call(lambda: python_loop_steps(agent, one, cfg.learning_starts, py_steps),
-                     warmup=1, repeats=3)
-    py_sps = loop.per_second(py_steps)
-    out["python_loop_steps_per_second"] = py_sps
-    out["speedup_1_seed_vs_python_loop"] = out["train_steps_per_second_1_seeds"] / py_sps
-    out["speedup_8_seeds_vs_python_loop"] = out["train_steps_per_second_8_seeds"] / py_sps
-    flops = _update_flops(cfg, agent.env.obs_dim, agent.env.action_dim)
-    gflops = flops * out["train_steps_per_second_8_seeds"] / 1e9
-    out["update_gflops_8_seeds"] = gflops
-    out["fraction_of_matmul_ceiling"] = ctx.fraction_of_ceiling(gflops)
-    return out

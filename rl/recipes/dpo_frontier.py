@@ -1,5 +1,5 @@
 """``dpo-frontier``: DPO vs an RLHF baseline on a task with a known reward — the DPO
-paper's Figure 2 (reward vs KL frontier) in miniature — and the DPO step benchmark.
+paper's Figure 2 (reward vs KL frontier) in miniature.
 
 Pipeline (``rl.preference``; every stage trains through ``common.optim`` and
 ``common.train.fit``, with checkpoints, so an interrupted run resumes):
@@ -21,9 +21,7 @@ Pipeline (``rl.preference``; every stage trains through ``common.optim`` and
    dominates RLHF's over the KL range both explored and by how much (mean reward gap
    at matched KL, and the rewards at a few KLs), whatever the outcome.
 
-The benchmark :func:`bench_dpo_step` times one DPO train step (tokens per second and the
-fraction of the matmul ceiling) with cached reference log-probs against recomputing them
-from the reference model every step.
+The DPO train-step benchmark (``dpo-train-step``) lives in :mod:`rl.benchmarks`.
 """
 
 from __future__ import annotations
@@ -37,18 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.bench import BenchContext, Timing, time_call
 from common.data import sample_batch
 from common.metrics import read_metrics, series
 from common.optim import OptimConfig, build_optimizer
-from common.recipe import RunContext, register_recipe
-from common.train import TrainState, fit, make_train_step, train_step_fn
+from common.recipe import PrefixedLogger, RunContext, default_total_steps, register_recipe
+from common.train import TrainState, fit, train_step_fn
 from rl.preference.model import (
     CausalLM,
     LMConfig,
     RewardModel,
     init_reward_from_lm,
-    lm_flops_per_token,
 )
 from rl.preference.task import (
     SentimentTask,
@@ -140,20 +136,9 @@ class DPOFrontierConfig:
     rlhf_optim: OptimConfig = OptimConfig(name="adam", learning_rate=5e-4)
 
 
-class _Prefixed:
-    """A metrics writer that prefixes names (one run folder, several trained stages)."""
-
-    def __init__(self, logger, prefix: str):
-        self.logger, self.prefix = logger, prefix
-
-    def write(self, step: int, metrics) -> None:
-        self.logger.write(step, {self.prefix + k: v for k, v in metrics.items()})
-
-
 def _with_total(optim: OptimConfig, steps: int) -> OptimConfig:
     """``total_steps`` defaults to the stage's steps; warm-up at most a fifth of them."""
-    if optim.total_steps is None and optim.schedule in ("linear", "cosine"):
-        optim = dataclasses.replace(optim, total_steps=steps)
+    optim = default_total_steps(optim, steps)
     return dataclasses.replace(optim, warmup_steps=min(optim.warmup_steps, steps // 5))
 
 
@@ -311,7 +296,7 @@ def run_frontier(ctx: RunContext | None, cfg: DPOFrontierConfig, *, logger=None,
     keys = dict(zip(("sft", "pairs", "rm", "dpo", "rlhf", "eval", "prompts", "heldout"),
                     jax.random.split(jax.random.key(cfg.seed), 8), strict=True))
     ckpt = (lambda name: ctx.checkpointer(name)) if ctx is not None else (lambda name: None)
-    log = (lambda prefix: _Prefixed(logger, prefix)) if logger is not None else (
+    log = (lambda prefix: PrefixedLogger(logger, prefix)) if logger is not None else (
         lambda prefix: None)
 
     t0 = time.perf_counter()
@@ -469,60 +454,3 @@ def dpo_frontier(ctx: RunContext, cfg: DPOFrontierConfig) -> dict:
                                      cfg.rlhf_kl_coefs, curves["sft"], cfg.dpo_loss_type,
                                      cfg.rlhf_reward, curves["oracle"]), "frontier")
     return summary
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def bench_dpo_step(ctx: BenchContext) -> dict:
-    """DPO train-step throughput with cached vs per-step reference log-probs."""
-    task = SentimentTask()
-    if ctx.quick:
-        cfg, batch = LMConfig(vocab_size=task.tokenizer().vocab_size), 32
-    else:
-        cfg, batch = LMConfig(vocab_size=task.tokenizer().vocab_size, d_model=256,
-                              num_layers=4, num_heads=8, mlp_dim=512), 128
-    key = jax.random.key(0)
-    lm = CausalLM(cfg, rngs=nnx.Rngs(0))
-    tx = build_optimizer(OptimConfig(name="adam", learning_rate=1e-4))
-    state = TrainState.create(lm, tx, key)
-    logits_fn = make_logits_fn(state.graphdef, state.rest)
-    prompts = sample_prompts(task, jax.random.key(1), batch)
-    mask = completion_positions(task, batch)
-    length = jnp.full((batch,), task.seq_len, jnp.int32)
-    pairs = {"chosen": demonstrations(task, jax.random.key(2), prompts),
-             "rejected": demonstrations(task, jax.random.key(3), prompts),
-             "chosen_mask": mask, "rejected_mask": mask, "chosen_length": length,
-             "rejected_length": length}
-    cached = reference_logps(logits_fn, state.params, pairs)
-    step_cached = make_train_step(make_dpo_loss(logits_fn), tx, donate=False)
-    step_fresh = make_train_step(make_dpo_loss(logits_fn, ref_params=state.params), tx,
-                                 donate=False)
-    repeats = 15 if ctx.quick else 8
-    # Interleave the two paths so that load changes on a shared machine hit both alike.
-    for fn, data in ((step_cached, cached), (step_fresh, pairs)):
-        time_call(fn, state, data, warmup=2, repeats=1)
-    cached_times, fresh_times = [], []
-    for _ in range(repeats):
-        cached_times += time_call(step_cached, state, cached, warmup=0, repeats=1).times
-        fresh_times += time_call(step_fresh, state, pairs, warmup=0, repeats=1).times
-    t_cached = Timing(float(np.median(cached_times)), min(cached_times), tuple(cached_times))
-    t_fresh = Timing(float(np.median(fresh_times)), min(fresh_times), tuple(fresh_times))
-    tokens = 2 * batch * task.seq_len
-    # forward + backward ≈ 3 forwards of the policy; the per-step reference adds one more
-    flops = 3.0 * tokens * lm_flops_per_token(cfg, task.seq_len)
-    gflops = flops / t_cached.median / 1e9
-    return {
-        "batch_pairs": batch,
-        "seq_len": task.seq_len,
-        "d_model": cfg.d_model,
-        "num_layers": cfg.num_layers,
-        "cached_ref_step_ms": 1e3 * t_cached.median,
-        "per_step_ref_step_ms": 1e3 * t_fresh.median,
-        "tokens_per_second_cached_ref": t_cached.per_second(tokens),
-        "tokens_per_second_per_step_ref": t_fresh.per_second(tokens),
-        "speedup_cached_vs_per_step_ref": t_fresh.median / t_cached.median,
-        "speedup_cached_vs_per_step_ref_best_of": t_fresh.minimum / t_cached.minimum,
-        "gflops_cached_ref": gflops,
-        "fraction_of_matmul_ceiling": ctx.fraction_of_ceiling(gflops),
-    }

@@ -1,4 +1,4 @@
-"""Grid-world recipes (``gridworld-dp``, ``gridworld-mc``) and their benchmarks.
+"""Grid-world recipes: ``gridworld-dp`` and ``gridworld-mc``.
 
 ``gridworld-dp`` reproduces the book's chapter 3–4 results on the 5×5 grid world:
 optimal values and policies for γ ∈ {0.9, 0.5, 0} and r_forbidden ∈ {−1, −10},
@@ -12,11 +12,11 @@ Starts with the book's plain average of returns and with a forgetting factor, an
 ε-greedy control with ε = 0, all these runs are one vmapped call over rows
 (key, ε, memory). Every policy found is judged by its true values from exact policy
 evaluation, against value iteration (greedy) and exact ε-greedy policy iteration
-(the best ε-greedy policy).
+(the best ε-greedy policy, :func:`rl.dp.epsilon_greedy_policy_iteration`).
 
-The benchmarks time the jitted, vmapped episode generator and MC ε-greedy against
-plain numpy Python loops of the same algorithms (:func:`numpy_sample_episodes`,
-:func:`numpy_mc_epsilon_greedy`), measured in the same run.
+The algorithms live in :mod:`rl.dp` and :mod:`rl.monte_carlo`; the benchmarks of the
+episode generator and of MC ε-greedy against plain numpy loops are in
+:mod:`rl.benchmarks`.
 
 Reference: S. Zhao, *Mathematical Foundations of Reinforcement Learning* (2025),
 chapters 2–5.
@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.bench import BenchContext, time_call
 from common.recipe import RunContext, register_recipe
 from rl import dp, monte_carlo
 from rl.envs.gridworld import GridWorld, book_2x2, book_5x5, one_hot_policy, plot_gridworld
@@ -59,35 +58,6 @@ def _panel_grid(rows: int, cols: int, size: float = 2.5):
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3),
                              squeeze=False)
     return fig, axes
-
-
-def evaluate_policies(P, R, policies, gamma) -> jax.Array:
-    """True values ``[..., S]`` of a stack of policies ``[..., S, A]`` (linear solves)."""
-    flat = policies.reshape(-1, *policies.shape[-2:])
-    values = jax.vmap(lambda p: dp.policy_evaluation(P, R, p, gamma).values)(flat)
-    return values.reshape(*policies.shape[:-1])
-
-
-def optimal_epsilon_greedy(P, R, gamma, epsilon, max_iters: int = 100):
-    """The best ε-greedy policy by exact ε-greedy policy iteration (a DP reference).
-
-    ``π_{k+1} = ε-greedy(q_{π_k})`` from the uniform policy until the policy repeats;
-    by the policy improvement theorem within the ε-soft class it converges to the
-    optimal ε-greedy policy.
-
-    Returns:
-      ``(policy [S, A], values [S])``.
-    """
-    S, A = R.shape
-    policy = jnp.full((S, A), 1.0 / A, P.dtype)
-    result = dp.policy_evaluation(P, R, policy, gamma)
-    for _ in range(max_iters):
-        new = monte_carlo.epsilon_greedy_policy(result.action_values, epsilon)
-        if bool(jnp.all(new == policy)):
-            break
-        policy = new
-        result = dp.policy_evaluation(P, R, policy, gamma)
-    return policy, result.values
 
 
 def _forbidden_entries(world: GridWorld, policy) -> int:
@@ -404,15 +374,14 @@ def gridworld_mc(ctx: RunContext, cfg: GridworldMCConfig) -> dict:
     mc_eps = jax.tree.map(lambda x: x[n_es:], control)
     # DP references: the best ε-greedy policies, and ε-greedy versions of π*
     eps = jnp.asarray(cfg.eps_values, dtype=P.dtype)
-    best = [optimal_epsilon_greedy(P, R, cfg.gamma, e) for e in cfg.eps_values]
-    best_policy = np.stack([np.asarray(p) for p, _ in best])
-    best_values = np.stack([np.asarray(v) for _, v in best])
+    best = jax.vmap(lambda e: dp.epsilon_greedy_policy_iteration(P, R, cfg.gamma, e))(eps)
+    best_policy, best_values = np.asarray(best.policy), np.asarray(best.values)
     consistent = ((1.0 - eps[:, None, None]) * opt.policy[None]
                   + eps[:, None, None] / world.num_actions)
 
     # ---- true values of every policy found, by exact policy evaluation (one call)
     groups = [sweep.policy, control.policy, consistent]
-    true_all = np.asarray(evaluate_policies(P, R, jnp.concatenate(groups), cfg.gamma))
+    true_all = np.asarray(dp.evaluate_policies(P, R, jnp.concatenate(groups), cfg.gamma))
     basic_true, control_true, consistent_values = np.split(
         true_all, np.cumsum([len(g) for g in groups])[:-1])
     es_true, eps_true = control_true[:n_es], control_true[n_es:]
@@ -468,126 +437,3 @@ def gridworld_mc(ctx: RunContext, cfg: GridworldMCConfig) -> dict:
         "ε-greedy versions of the optimal greedy policy"), "epsilon_consistent_values")
     summary["seconds"] = time.perf_counter() - t0
     return summary
-
-
-# ====================================================================== numpy references
-
-
-def numpy_sample_episodes(world: GridWorld, policy, num_episodes: int, length: int,
-                          rng: np.random.Generator, exploring_starts: bool = False):
-    """Plain numpy/Python-loop episode generator (the benchmark's reference path).
-
-    Returns:
-      ``(states, actions, rewards)`` numpy arrays ``[B, T]``.
-    """
-    next_state, reward = world.transition_table()
-    policy = np.asarray(policy, dtype=np.float64)
-    cdf = np.cumsum(policy, axis=-1)
-    S, A = policy.shape
-    states = np.zeros((num_episodes, length), np.int64)
-    actions = np.zeros((num_episodes, length), np.int64)
-    rewards = np.zeros((num_episodes, length))
-    for b in range(num_episodes):
-        uniforms = rng.random(length)
-        if exploring_starts:
-            pair = rng.integers(S * A)
-            s, first = pair // A, pair % A
-        else:
-            s, first = rng.integers(S), -1
-        for t in range(length):
-            a = first if t == 0 and first >= 0 else \
-                min(int(np.searchsorted(cdf[s], uniforms[t] * cdf[s, -1], side="right")), A - 1)
-            states[b, t], actions[b, t] = s, a
-            rewards[b, t] = reward[s, a]
-            s = next_state[s, a]
-    return states, actions, rewards
-
-
-def numpy_mc_epsilon_greedy(world: GridWorld, rng: np.random.Generator, *, epsilon: float,
-                            gamma: float, num_episodes: int, episode_length: int,
-                            episodes_per_update: int = 1, exploring_starts: bool = False):
-    """Plain numpy/Python-loop MC ε-greedy: the algorithm of
-    :func:`rl.monte_carlo.mc_epsilon_greedy` (running average, no tail), written with
-    loops over episodes and steps.
-
-    Returns:
-      ``(policy [S, A], q [S, A])``.
-    """
-    S, A = world.num_states, world.num_actions
-    policy = np.full((S, A), 1.0 / A)
-    sums = np.zeros((S, A))
-    counts = np.zeros((S, A))
-    for _ in range(num_episodes // episodes_per_update):
-        states, actions, rewards = numpy_sample_episodes(
-            world, policy, episodes_per_update, episode_length, rng, exploring_starts)
-        visited = np.zeros(S, bool)
-        for b in range(episodes_per_update):
-            g = 0.0
-            for t in range(episode_length - 1, -1, -1):
-                g = rewards[b, t] + gamma * g
-                s, a = states[b, t], actions[b, t]
-                sums[s, a] += g
-                counts[s, a] += 1
-                visited[s] = True
-        q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-        for s in np.flatnonzero(visited):
-            best = q[s].max()
-            greedy = int(np.argmax(q[s] >= best - 1e-5 * max(1.0, abs(best))))
-            policy[s] = epsilon / A
-            policy[s, greedy] += 1.0 - epsilon
-    q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-    return policy, q
-
-
-# ====================================================================== benchmarks
-
-
-def bench_episode_generator(ctx: BenchContext, sizes: dict | None = None) -> dict:
-    """Episodes per second of the jitted, vmapped generator vs the numpy loop."""
-    sizes = sizes or ({"jax_episodes": 4096, "numpy_episodes": 100, "length": 100}
-                      if ctx.quick else
-                      {"jax_episodes": 65536, "numpy_episodes": 500, "length": 100})
-    world = book_5x5()
-    policy = jnp.full((world.num_states, world.num_actions), 1.0 / world.num_actions)
-    B, T = sizes["jax_episodes"], sizes["length"]
-    generate = jax.jit(lambda key: monte_carlo.sample_episodes(world, policy, key, B, T))
-    jax_time = time_call(generate, jax.random.key(0), warmup=2, repeats=5)
-    rng = np.random.default_rng(0)
-    n_np = sizes["numpy_episodes"]
-    np_time = time_call(numpy_sample_episodes, world, np.asarray(policy), n_np, T, rng,
-                        warmup=0, repeats=3)
-    jax_rate = jax_time.per_second(B)
-    np_rate = np_time.per_second(n_np)
-    return {
-        "episode_length": T,
-        "jax_episodes_per_call": B,
-        "jax_episodes_per_second": jax_rate,
-        "jax_steps_per_second": jax_rate * T,
-        "numpy_episodes_per_second": np_rate,
-        "speedup_vs_numpy": jax_rate / np_rate,
-    }
-
-
-def bench_mc_epsilon_greedy(ctx: BenchContext, sizes: dict | None = None) -> dict:
-    """Wall time of MC ε-greedy for a fixed number of episodes, JAX vs the numpy loop."""
-    sizes = sizes or ({"episodes": 2000, "length": 100, "batch": 100} if ctx.quick else
-                      {"episodes": 10000, "length": 100, "batch": 100})
-    world = book_5x5(r_forbidden=-10.0)
-    N, T, B = sizes["episodes"], sizes["length"], sizes["batch"]
-    kwargs = dict(epsilon=0.1, gamma=0.9, num_episodes=N, episode_length=T,
-                  episodes_per_update=B)
-    run = lambda key: monte_carlo.mc_epsilon_greedy(world, key, **kwargs)
-    jax_time = time_call(run, jax.random.key(0), warmup=1, repeats=5)
-    rng = np.random.default_rng(0)
-    np_time = time_call(lambda: numpy_mc_epsilon_greedy(world, rng, **kwargs), warmup=0,
-                        repeats=1)
-    return {
-        "episodes": N,
-        "episode_length": T,
-        "episodes_per_update": B,
-        "jax_seconds": jax_time.median,
-        "numpy_seconds": np_time.median,
-        "jax_episodes_per_second": jax_time.per_second(N),
-        "numpy_episodes_per_second": np_time.per_second(N),
-        "speedup_vs_numpy": np_time.median / jax_time.median,
-    }

@@ -42,3 +42,15 @@ def test_duplicate_names_need_overwrite():
     assert reg.get("a") == 3
     with pytest.raises(ValueError, match="non-empty string"):
         reg.add("", 1)
+
+
+def test_unregister_removes_the_entry_and_returns_it():
+    reg = Registry("widget")
+    reg.add("a", 1)
+    reg.add("b", 2)
+    assert reg.unregister("a") == 1
+    assert reg.names() == ["b"] and "a" not in reg and len(reg) == 1
+    with pytest.raises(UnknownNameError, match="unknown widget 'a'; valid names: b"):
+        reg.unregister("a")
+    reg.add("a", 3)  # the name is free again, no overwrite needed
+    assert reg.get("a") == 3

@@ -29,8 +29,8 @@ def _setup():
     tx = build_optimizer(name="adamw", learning_rate=1e-2, weight_decay=0.01)
     state = TrainState.create(model, tx, jax.random.key(1))
 
-    def loss_fn(params, batch, key):
-        pred = nnx.merge(state.graphdef, params, state.rest)(batch["x"])
+    def loss_fn(params, rest, batch, key):
+        pred = nnx.merge(state.graphdef, params, rest)(batch["x"])
         return jnp.mean((pred - batch["y"]) ** 2), {}
 
     x = jax.random.normal(jax.random.key(2), (64, 8))

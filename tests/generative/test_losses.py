@@ -178,6 +178,8 @@ def test_bad_inputs():
         sde_loss(lambda y, t: y[:, :1], VPSDE(), x, key)
     with pytest.raises(ValueError, match="needs a VPSDE"):
         ddpm_loss(lambda y, t: y, VESDE(), x, key)
+    with pytest.raises(ValueError, match="subVPSDE has none"):
+        ddpm_loss(lambda y, t: y, subVPSDE(), x, key)  # no DDPM chain: EM discretisation
     with pytest.raises(ValueError, match="sigmas must be finite and > 0"):
         smld_loss(lambda y, s: y, jnp.asarray([1.0, 0.0]), x, key)
     with pytest.raises(ValueError, match="projection must be"):

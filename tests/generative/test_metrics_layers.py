@@ -1,4 +1,5 @@
-"""Sample metrics against scipy / direct formulas; the im2col convolution against XLA's."""
+"""Sample metrics against scipy / direct formulas (the convolution is tested in
+tests/common/nn/test_conv.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,7 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from generative.metrics import mmd_rbf, sliced_wasserstein
-from generative.models.layers import conv2d
-from tests.tolerances import F32_LOOSE, F64, assert_close
+from tests.tolerances import F64, assert_close
 
 
 def test_sliced_wasserstein_matches_scipy_per_direction(x64):
@@ -52,22 +52,3 @@ def test_metric_bad_inputs():
         sliced_wasserstein(jnp.ones((3, 2)), jnp.ones((3, 2)), jax.random.key(0), p=3)
     with pytest.raises(ValueError, match="bandwidths must be finite and > 0"):
         mmd_rbf(jnp.ones((3, 2)), jnp.ones((3, 2)), bandwidths=(0.0,))
-
-
-@pytest.mark.parametrize("size,kernel,stride", [(8, 3, 1), (7, 3, 2), (5, 1, 1)])
-def test_im2col_conv_matches_xla(size, kernel, stride):
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
-    @jax.jit
-    def both(x, w):
-        out = {impl: conv2d(x, w, stride, impl=impl) for impl in ("im2col", "xla")}
-        grads = {impl: jax.grad(lambda w, impl=impl: jnp.sum(jnp.sin(
-            conv2d(x, w, stride, impl=impl))))(w) for impl in ("im2col", "xla")}
-        return out, grads
-
-    out, grads = both(x, w)
-    assert out["im2col"].shape == (2, -(-size // stride), -(-size // stride), 4)
-    assert_close(out["im2col"], out["xla"], F32_LOOSE)
-    assert_close(grads["im2col"], grads["xla"], F32_LOOSE)
-    with pytest.raises(ValueError, match="impl must be one of"):
-        conv2d(x, w, impl="fft")

@@ -8,7 +8,6 @@ from flax import nnx
 
 from common.registry import UnknownNameError
 from generative.models import (
-    SCORE_NETS,
     GaussianFourierEmbedding,
     ScoreMLP,
     ScoreUNet,
@@ -20,7 +19,6 @@ from tests.tolerances import assert_close
 
 
 def test_registry():
-    assert SCORE_NETS.names() == ["mlp", "unet"]
     net = nnx.eval_shape(lambda: build_score_net("mlp", dim=3, rngs=nnx.Rngs(0)))
     assert isinstance(net, ScoreMLP)
     with pytest.raises(UnknownNameError, match="unknown score net 'resnet'"):

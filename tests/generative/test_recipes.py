@@ -17,14 +17,14 @@ from common.checkpoint import Checkpointer
 from common.data import sample_batch
 from common.recipe import RECIPES, run_recipe
 from generative.models import init_score_net
-from generative.recipes._common import (
+from generative.recipes.sde_digits import _image_grid, histogram_bits_per_dim
+from generative.sde import VPSDE
+from generative.training import (
     TrainConfig,
     batched_log_likelihood,
     sde_loss_factory,
     train_score_net,
 )
-from generative.recipes.sde_digits import _image_grid, histogram_bits_per_dim
-from generative.sde import VPSDE
 from tests.tolerances import BITWISE, assert_close
 
 
@@ -103,13 +103,13 @@ def test_training_resumes_bitwise(tmp_path):
         resumed = train(ckpt)
     assert int(resumed.step) == 40
     for name in ("params", "ema"):
-        a = full.params if name == "params" else full.rest["ema"]
-        b = resumed.params if name == "params" else resumed.rest["ema"]
+        a = full.params if name == "params" else full.ema
+        b = resumed.params if name == "params" else resumed.ema
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             assert_close(x, y, BITWISE, err_msg=name)
     # the EMA trails the parameters
     diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in
-             zip(jax.tree.leaves(full.params), jax.tree.leaves(full.rest["ema"]), strict=True)]
+             zip(jax.tree.leaves(full.params), jax.tree.leaves(full.ema), strict=True)]
     assert max(diffs) > 0
 
 

@@ -15,8 +15,8 @@ from common.registry import UnknownNameError
 from common.sharding import make_mesh
 from rl import replay
 from rl.ddpg import (
-    AGENTS,
     NOISES,
+    PRESETS,
     Actor,
     critic_loss,
     ddpg_config,
@@ -27,11 +27,10 @@ from rl.ddpg import (
     smoothed_target_action,
     soft_update,
     td3_config,
-    td_target,
     train_seeds,
 )
 from rl.envs.gymnax_env import ContinuousEnv, make_env
-from tests.tolerances import BITWISE, F32, F32_LOOSE, F64, assert_close
+from tests.tolerances import BITWISE, F32, F32_LOOSE, assert_close
 
 # A tiny configuration: 2 periods of 50 steps, updates from step 32, 50-step episodes.
 TINY = ddpg_config(total_steps=100, eval_every=50, learning_starts=32, batch_size=16,
@@ -42,7 +41,7 @@ SHORT_PENDULUM = make_env("Pendulum-v1", max_steps_in_episode=50)
 def _tiny(preset):
     """TINY with the preset's algorithm switches (DDPG or TD3)."""
     algorithm = ("num_critics", "policy_delay", "target_noise", "target_noise_clip")
-    return AGENTS.get(preset)(**{f.name: getattr(TINY, f.name) for f in dataclasses.fields(TINY)
+    return PRESETS.get(preset)(**{f.name: getattr(TINY, f.name) for f in dataclasses.fields(TINY)
                                  if f.name not in algorithm})
 
 
@@ -117,20 +116,6 @@ def test_dpg_actor_gradient_matches_finite_differences(float32_learner, x64):
 # ----------------------------------------------------------------------------- soft updates
 
 
-def test_soft_updates_converge_geometrically(x64):
-    tau = 0.05
-    online = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.25])}
-    target0 = {"w": jnp.array([[-1.0, 4.0], [2.0, 0.0]]), "b": jnp.array([-3.0])}
-    update = jax.jit(soft_update, static_argnums=2)
-    target = target0
-    for n in range(1, 61):
-        target = update(target, online, tau)
-        for key in online:  # θ'_n − θ = (1 − τ)^n (θ'_0 − θ)
-            assert_close(target[key] - online[key], (1 - tau) ** n * (target0[key] - online[key]),
-                         F64)
-    assert_close(update(target0, online, 1.0)["w"], online["w"], BITWISE)
-
-
 @pytest.mark.parametrize("tau", [0.0, -0.1, 1.5, float("nan")])
 def test_tau_outside_unit_interval_is_refused(tau):
     with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
@@ -142,16 +127,7 @@ def test_tau_outside_unit_interval_is_refused(tau):
 # ----------------------------------------------------------------------------- TD targets
 
 
-def test_td_target_against_numpy():
-    r, d, q = np.array([1.0, -2.0, 0.5]), np.array([1.0, 0.0, 1.0]), np.array([3.0, 7.0, -1.0])
-    assert_close(td_target(jnp.asarray(r), jnp.asarray(d), jnp.asarray(q), 0.9), r + 0.9 * d * q)
-    with pytest.raises(ValueError, match=r"reward must have shape \[B\]"):
-        td_target(jnp.zeros((2, 1)), jnp.zeros(2), jnp.zeros(2), 0.9)
-    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
-        td_target(jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 1.5)
-
-
-@pytest.mark.parametrize("preset", ["ddpg", "td3"])
+@pytest.mark.parametrize("preset", PRESETS.names())
 def test_critic_loss_bootstraps_truncated_not_terminated(preset):
     cfg = dataclasses.replace(_tiny(preset), target_noise=0.0)
     agent = make_agent(cfg, SHORT_PENDULUM)
@@ -280,36 +256,69 @@ def test_ou_noise_variance_autocorrelation_and_reset():
 # ----------------------------------------------------------------------------- TD3
 
 
-def test_td3_delays_actor_and_target_updates():
-    agent, learner = _agent("td3"), _learner("td3")
+def test_td3_preset_is_the_papers_configuration():
+    agent = _agent("td3")
     assert agent.config == td3_config(**{k: getattr(agent.config, k) for k in (
         "total_steps", "eval_every", "learning_starts", "batch_size", "buffer_size",
         "actor_hidden", "critic_hidden", "eval_episodes")})
-    assert agent.config.policy_delay == 2 and agent.config.num_critics == 2
+    assert (agent.config.policy_delay, agent.config.num_critics) == (2, 2)
+    assert (agent.config.target_noise, agent.config.target_noise_clip) == (0.2, 0.5)
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                    strict=True))
+
+
+# The behavioural suite every registered preset runs (registering one is how it is tested).
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_preset_delays_actor_and_target_updates(name):
+    """Update ``i`` steps the critics; the actor and both targets move (softly, by τ)
+    exactly when ``i % policy_delay == 0``."""
+    agent, learner = _agent(name), _learner(name)
+    delay, tau = agent.config.policy_delay, agent.config.tau
+    update = _jit(name, "update")
     batch = _batch(agent, jax.random.key(1))
-    update = _jit("td3", "update")
-    skipped, m1 = update(learner, batch, jax.random.key(2), 1)     # odd: critic only
-    stepped, m0 = update(learner, batch, jax.random.key(2), 0)     # even: all of it
-    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
-                                                                 jax.tree.leaves(b), strict=True))
-    assert not same(skipped.critic, learner.critic)
-    assert same(skipped.actor, learner.actor) and same(skipped.target_actor, learner.target_actor)
-    assert same(skipped.target_critic, learner.target_critic)
-    assert float(m1["actor_updated"]) == 0.0 and float(m0["actor_updated"]) == 1.0
-    assert not same(stepped.actor, learner.actor)
-    tau = agent.config.tau
-    for new_t, old_t, new in zip(jax.tree.leaves(stepped.target_actor),
-                                 jax.tree.leaves(learner.target_actor),
-                                 jax.tree.leaves(stepped.actor), strict=True):
-        assert_close(new_t, tau * new + (1 - tau) * old_t, F32)
-    for new_t, old_t, new in zip(jax.tree.leaves(stepped.target_critic),
-                                 jax.tree.leaves(learner.target_critic),
-                                 jax.tree.leaves(stepped.critic), strict=True):
-        assert_close(new_t, tau * new + (1 - tau) * old_t, F32)
+    for i in range(2 * delay):
+        new, metrics = update(learner, batch, jax.random.key(2), i)
+        stepped = i % delay == 0
+        assert not _same(new.critic, learner.critic)
+        assert float(metrics["actor_updated"]) == float(stepped)
+        assert _same(new.actor, learner.actor) != stepped
+        if not stepped:
+            assert _same(new.target_actor, learner.target_actor)
+            assert _same(new.target_critic, learner.target_critic)
+            continue
+        for target, online, old in ((new.target_actor, new.actor, learner.target_actor),
+                                    (new.target_critic, new.critic, learner.target_critic)):
+            for t, o, before in zip(jax.tree.leaves(target), jax.tree.leaves(online),
+                                    jax.tree.leaves(old), strict=True):
+                assert_close(t, tau * o + (1 - tau) * before, F32)
 
 
-@pytest.mark.parametrize("name", AGENTS.names())
-def test_every_registered_agent_takes_finite_updates(name):
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_preset_target_smoothing_follows_its_noise(name):
+    """The critic's target uses μ'(s') + clip(ε, ±c)·half_range with ε ~ N(0, σ²): the
+    target moves with the key iff σ > 0, never by more than c·half_range."""
+    agent, learner = _agent(name), _learner(name)
+    cfg = agent.config
+    batch = _batch(agent, jax.random.key(4), n=64)
+    loss = jax.jit(agent.critic_loss_fn)
+    values = {float(loss(learner.critic, learner, batch, jax.random.key(k))[0]) for k in range(3)}
+    assert (len(values) > 1) == (cfg.target_noise > 0)
+    base = agent.act(learner.target_actor, batch["next_obs"])
+    smoothed = jax.vmap(lambda k: smoothed_target_action(
+        base, k, cfg.target_noise, cfg.target_noise_clip, agent.low, agent.high))(
+        jax.random.split(jax.random.key(5), 32))
+    shift = np.abs(np.asarray(smoothed - base[None]))
+    assert shift.max() <= cfg.target_noise_clip * float(agent.half_range.max()) + 1e-6
+    assert (shift.max() > 0) == (cfg.target_noise > 0)
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_registered_preset_takes_finite_updates(name):
     agent, learner = _agent(name), _learner(name)
     assert jax.tree.leaves(learner.critic)[0].shape[0] == agent.config.num_critics
     update = _jit(name, "update")
@@ -327,8 +336,11 @@ def test_seed_sharded_run_equals_unsharded_and_resume_equals_uninterrupted(tmp_p
     seeds = list(range(8))
     full = train_seeds(TINY, seeds, periods_per_chunk=1, env=SHORT_PENDULUM)
     assert full.final_eval_returns.shape == (8,)
-    assert [row["step"] for row in full.history] == [50, 100]
-    assert np.isfinite(full.history[-1]["critic_loss"]).all()
+    rows = [(step, row) for step, row in full.history if "eval_return_mean" in row]
+    assert [step for step, _ in rows] == [50, 100]
+    assert np.isfinite(rows[-1][1]["critic_loss_mean"])
+    assert_close(rows[-1][1]["eval_return/seed3"], full.final_eval_returns[3], BITWISE)
+    assert_close(rows[-1][1]["eval_return_mean"], np.mean(full.final_eval_returns), F32)
 
     sharded = train_seeds(TINY, seeds, periods_per_chunk=1, env=SHORT_PENDULUM,
                           mesh=make_mesh())
@@ -341,8 +353,8 @@ def test_seed_sharded_run_equals_unsharded_and_resume_equals_uninterrupted(tmp_p
 
     with Checkpointer(tmp_path / "ckpt") as ckpt:
         first = train_seeds(TINY, seeds, periods_per_chunk=1, env=SHORT_PENDULUM,
-                            checkpointer=ckpt, stop_after_chunks=1)
-        assert [row["step"] for row in first.history] == [50]
+                            checkpointer=ckpt, num_steps=50)
+        assert [step for step, row in first.history if "eval_return_mean" in row] == [50]
     with Checkpointer(tmp_path / "ckpt") as ckpt:
         resumed = train_seeds(TINY, seeds, periods_per_chunk=1, env=SHORT_PENDULUM,
                               checkpointer=ckpt)
@@ -352,6 +364,14 @@ def test_seed_sharded_run_equals_unsharded_and_resume_equals_uninterrupted(tmp_p
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         assert_close(a, b, BITWISE)
     assert_close(resumed.final_eval_returns, full.final_eval_returns, BITWISE)
+
+
+def test_train_seeds_stops_on_non_finite_values_before_saving(tmp_path):
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        with pytest.raises(FloatingPointError, match=r"seed 4: non-finite reward"):
+            train_seeds(TINY, [3, 4], periods_per_chunk=1,
+                        env=ContinuousEnv.from_gymnax(_NaNReward()), checkpointer=ckpt)
+        assert ckpt.latest_step() is None
 
 
 def _random_policy_return(env, episodes=16):
@@ -440,3 +460,5 @@ def test_bad_configs_are_refused():
         dataclasses.replace(TINY, exploration="pink").validate()
     with pytest.raises(ValueError, match="seeds must not be empty"):
         train_seeds(TINY, [], env=SHORT_PENDULUM)
+    with pytest.raises(ValueError, match="num_steps must be a multiple of eval_every"):
+        train_seeds(TINY, [0], env=SHORT_PENDULUM, num_steps=70)

@@ -8,6 +8,11 @@ import pytest
 
 from rl import dp
 from rl.envs.gridworld import book_2x2, book_5x5, one_hot_policy
+from tests.rl.references import (
+    numpy_epsilon_greedy_policy_iteration,
+    numpy_policy_values,
+    numpy_value_iteration,
+)
 from tests.tolerances import F64, assert_close
 
 # The book's optimal values of the 5x5 example (γ = 0.9, r_forbidden = -1), printed
@@ -19,26 +24,6 @@ BOOK_TABLE = np.array([
     [8.0, 10.0, 10.0, 10.0, 8.0],
     [7.2, 9.0, 10.0, 9.0, 8.1],
 ])
-
-
-def numpy_value_iteration(P, R, gamma, tol=1e-13, max_iters=100_000):
-    """Plain numpy value iteration in float64."""
-    P, R = np.asarray(P, np.float64), np.asarray(R, np.float64)
-    v = np.zeros(P.shape[0])
-    for _ in range(max_iters):
-        new = (R + gamma * P @ v).max(axis=1)
-        if np.max(np.abs(new - v)) < tol:
-            return new
-        v = new
-    return v
-
-
-def numpy_policy_values(P, R, policy, gamma):
-    """Closed form v_π = (I − γ P_π)^{-1} r_π with numpy.linalg."""
-    P, R, policy = (np.asarray(x, np.float64) for x in (P, R, policy))
-    P_pi = np.einsum("sa,sat->st", policy, P)
-    r_pi = (policy * R).sum(-1)
-    return np.linalg.solve(np.eye(len(r_pi)) - gamma * P_pi, r_pi)
 
 
 def random_mdp(seed, S=7, A=3):
@@ -222,6 +207,47 @@ def test_single_state_mdp(x64):
         assert_close(result.values, [4.0], dict(rtol=0, atol=1e-11))
 
 
+def test_epsilon_greedy_policy_iteration_matches_numpy(x64):
+    """The best ε-greedy policy: jitted, vmapped over ε, against the numpy loop."""
+    P, R = book_5x5(r_forbidden=-10.0).model()
+    epsilons = [0.0, 0.1, 0.5, 1.0]
+    batched = jax.jit(jax.vmap(lambda e: dp.epsilon_greedy_policy_iteration(P, R, 0.9, e)))(
+        jnp.asarray(epsilons))
+    for i, eps in enumerate(epsilons):
+        policy, values = numpy_epsilon_greedy_policy_iteration(P, R, 0.9, eps)
+        assert_close(batched.policy[i], policy, F64)
+        assert_close(batched.values[i], values, dict(rtol=0, atol=1e-9))
+        assert_close(batched.action_values[i], np.asarray(R) + 0.9 * np.asarray(P) @ values,
+                     dict(rtol=0, atol=1e-9))
+        assert float(batched.residual[i]) < 1e-9
+    # ε = 0 is policy iteration from the uniform policy; ε = 1 stops at once (uniform)
+    pi = dp.policy_iteration(P, R, 0.9)
+    assert_close(batched.values[0], pi.values, dict(rtol=0, atol=1e-9))
+    assert int(batched.num_iterations[-1]) == 1
+    # more exploration costs value: the best ε-greedy values decrease with ε
+    target = np.asarray(batched.values[:, 17])
+    assert np.all(np.diff(target) < 0)
+    single = dp.epsilon_greedy_policy_iteration(P, R, 0.9, 0.1)
+    assert_close(single.values, batched.values[1], F64)
+    k = int(single.num_iterations)
+    assert single.history.shape == (101, 25)
+    assert_close(single.history[k:], np.broadcast_to(np.asarray(single.values), (101 - k, 25)),
+                 F64)
+
+
+def test_evaluate_policies_stacks(x64):
+    P, R = random_mdp(3, S=5, A=3)
+    policies = np.stack([np.stack([random_policy(10 * i + j, 5, 3) for j in range(3)])
+                         for i in range(2)])  # [2, 3, S, A]
+    values = dp.evaluate_policies(P, R, policies, 0.7)
+    assert values.shape == (2, 3, 5)
+    for i in range(2):
+        for j in range(3):
+            assert_close(values[i, j], numpy_policy_values(P, R, policies[i, j], 0.7),
+                         dict(rtol=0, atol=1e-10))
+    assert dp.evaluate_policies(P, R, policies[0, 0], 0.7).shape == (5,)
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -275,3 +301,11 @@ def test_bad_shapes_and_options():
         dp.value_iteration(P, R, 0.9, tol=0.0)
     with pytest.raises(ValueError, match=r"q must have shape \[S, A\]"):
         dp.greedy_policy(jnp.zeros(5))
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        dp.epsilon_greedy_policy_iteration(P, R, 0.9, 1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        dp.epsilon_greedy_policy_iteration(P, R, 1.0, 0.1)
+    with pytest.raises(ValueError, match="max_iters"):
+        dp.epsilon_greedy_policy_iteration(P, R, 0.9, 0.1, max_iters=0)
+    with pytest.raises(ValueError, match=r"policies must have shape \[\.\.\., S, A\]"):
+        dp.evaluate_policies(P, R, jnp.full(5, 0.2), 0.9)

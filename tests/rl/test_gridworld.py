@@ -5,6 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rl.envs import (
+    Environment,
+    FiniteEnvironment,
+    StartFromState,
+    Step,
+    TabularModel,
+    check_environment,
+)
 from rl.envs.gridworld import (
     ACTION_NAMES,
     GridWorld,
@@ -103,16 +111,23 @@ def test_step_matches_model_jitted_and_vmapped():
     states = jnp.repeat(jnp.arange(25), 5)
     actions = jnp.tile(jnp.arange(5), 25)
     step = jax.jit(jax.vmap(world.step, in_axes=(None, 0, 0)))
-    nxt, rew = step(jax.random.key(0), states, actions)
-    np.testing.assert_array_equal(np.asarray(nxt), np.asarray(P.argmax(-1)).ravel())
-    np.testing.assert_array_equal(np.asarray(rew), np.asarray(R).ravel())
-    s, r = world.step(jax.random.key(1), 17, 4)  # un-jitted scalar call
-    assert int(s) == 17 and float(r) == 1.0
+    out = step(jax.random.key(0), states, actions)
+    np.testing.assert_array_equal(np.asarray(out.obs), np.asarray(P.argmax(-1)).ravel())
+    np.testing.assert_array_equal(np.asarray(out.state), np.asarray(out.obs))
+    np.testing.assert_array_equal(np.asarray(out.next_obs), np.asarray(out.obs))
+    np.testing.assert_array_equal(np.asarray(out.reward), np.asarray(R).ravel())
+    # a continuing task: never terminated or truncated, always bootstraps
+    assert not np.asarray(out.done).any() and np.all(np.asarray(out.discount) == 1.0)
+    one = world.step(jax.random.key(1), 17, 4)  # un-jitted scalar call
+    assert isinstance(one, Step) and one.reward.shape == () and one.terminated.dtype == bool
+    assert int(one.obs) == 17 and float(one.reward) == 1.0
 
 
 def test_reset_is_uniform_over_states():
     world = book_5x5()
-    starts = jax.vmap(world.reset)(jax.random.split(jax.random.key(0), 25_000))
+    starts, states = jax.vmap(world.reset)(jax.random.split(jax.random.key(0), 25_000))
+    np.testing.assert_array_equal(np.asarray(starts), np.asarray(states))
+    assert starts.dtype == jnp.int32
     counts = np.bincount(np.asarray(starts), minlength=25)
     assert counts.size == 25 and counts.min() > 0
     # each count ~ Binomial(25000, 1/25): mean 1000, sd ~ 31
@@ -123,8 +138,48 @@ def test_world_is_a_static_jit_argument():
     world = book_5x5()
     assert world == book_5x5() and hash(world) == hash(book_5x5())
     assert world != book_5x5(r_forbidden=-10.0)
-    f = jax.jit(lambda w, s: w.step(None, s, 1)[0], static_argnums=0)
+    f = jax.jit(lambda w, s: w.step(None, s, 1).obs, static_argnums=0)
     assert int(f(world, 0)) == 1
+
+
+def test_gridworld_implements_the_protocol():
+    world = book_2x2()
+    for protocol in (Environment, FiniteEnvironment, StartFromState, TabularModel):
+        assert isinstance(world, protocol), protocol.__name__
+    check_environment(world, "env", finite=True, start_from_state=True, tabular=True,
+                      hashable=True)
+    obs, state = jax.jit(world.reset_to)(jax.random.key(0), 3)
+    assert int(obs) == int(state) == 3 and obs.dtype == jnp.int32
+    # an episode driven only through the protocol: s1 down, s3 right, then stay on s4
+    _, state = world.reset_to(None, 0)
+    rewards = []
+    for action in (2, 1, 4):
+        step = world.step(jax.random.key(1), state, action)
+        state = step.state
+        rewards.append(float(step.reward))
+    assert int(state) == 3 and rewards == [0.0, 1.0, 1.0]
+
+
+def test_check_environment_names_what_is_missing():
+    class ResetOnly:
+        def reset(self, key):
+            return 0, 0
+
+    with pytest.raises(ValueError, match=r"env must implement the environment protocol.*"
+                                         r"ResetOnly is missing: step"):
+        check_environment(ResetOnly(), "env")
+    with pytest.raises(ValueError, match=r"world .* str is missing: reset, step"):
+        check_environment("grid", "world")
+    with pytest.raises(ValueError, match=r"missing: step, num_states \(an integer >= 1\), "
+                                         r"num_actions .*reset_to.*model\(\)"):
+        check_environment(ResetOnly(), "env", finite=True, start_from_state=True,
+                          tabular=True)
+
+    class Unhashable(GridWorld):
+        __hash__ = None
+
+    with pytest.raises(ValueError, match="env must be hashable"):
+        check_environment(Unhashable(2, 2), "env", hashable=True)
 
 
 def test_one_hot_policy():

@@ -1,4 +1,8 @@
-"""Monte Carlo control against exact policy evaluation and value iteration."""
+"""Monte Carlo control against exact policy evaluation and value iteration, on the grid
+world and on an episodic environment that only implements the protocol."""
+
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,7 @@ import pytest
 
 from rl import dp
 from rl import monte_carlo as mc
+from rl.envs import Step
 from rl.envs.gridworld import book_5x5, one_hot_policy
 from tests.tolerances import assert_close
 
@@ -192,8 +197,117 @@ def test_bad_policy_and_sizes():
     with pytest.raises(ValueError, match="tail_steps"):
         mc.mc_exploring_starts(WORLD, jax.random.key(0), gamma=0.9, num_episodes=10,
                                episode_length=5, tail_steps=-1)
-    with pytest.raises(ValueError, match="world"):
+    with pytest.raises(ValueError, match="env must implement the environment protocol"):
         mc.mc_basic("gridworld", 5, 0.9)
     with pytest.raises(ValueError, match=r"start_states and start_actions must both have shape"):
         mc.rollouts(WORLD, jnp.full((25, 5), 0.2), jax.random.key(0), jnp.zeros(3, int),
                     jnp.zeros(2, int), 5)
+
+
+# ------------------------------------------------------------------ any environment of the protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """States 0 … n−1, actions 0 (left, stays at 0) and 1 (right). Right from n−1 ends the
+    episode with reward 1 and auto-resets to a uniform state; every other move gives 0.
+    So ``v*(s) = γ^(n−1−s)``, and an episode that ignored termination would keep
+    collecting rewards from the next episode."""
+
+    n: int = 3
+    num_actions: ClassVar[int] = 2
+
+    @property
+    def num_states(self) -> int:
+        return self.n
+
+    def reset(self, key):
+        s = jax.random.randint(key, (), 0, self.n, jnp.int32)
+        return s, s
+
+    def reset_to(self, key, s):
+        s = jnp.asarray(s, jnp.int32)
+        return s, s
+
+    def step(self, key, state, action):
+        right = action == 1
+        end = right & (state == self.n - 1)
+        nxt = jnp.where(right, jnp.minimum(state + 1, self.n - 1), jnp.maximum(state - 1, 0))
+        obs = jnp.where(end, self.reset(key)[0], nxt).astype(jnp.int32)
+        reward = end.astype(jnp.float32)
+        return Step(obs=obs, state=obs, reward=reward, terminated=end, truncated=jnp.bool_(False),
+                    next_obs=nxt.astype(jnp.int32), discount=1.0 - reward)
+
+    def model(self):
+        """``P, R`` with an extra absorbing, zero-reward terminal state ``n``."""
+        n = self.n
+        P = np.zeros((n + 1, 2, n + 1))
+        R = np.zeros((n + 1, 2))
+        for s in range(n):
+            P[s, 0, max(s - 1, 0)] = 1.0
+            P[s, 1, s + 1] = 1.0
+        P[n, :, n] = 1.0
+        R[n - 1, 1] = 1.0
+        return P, R
+
+
+@dataclasses.dataclass(frozen=True)
+class NoStarts:
+    """The chain behind the bare protocol: no ``reset_to``, so no exploring starts."""
+
+    inner: Chain = Chain()
+    num_states: int = 3
+    num_actions: int = 2
+
+    def reset(self, key):
+        return self.inner.reset(key)
+
+    def step(self, key, state, action):
+        return self.inner.step(key, state, action)
+
+
+def test_episodes_stop_at_termination():
+    chain = Chain()
+    right = jnp.zeros((3, 2)).at[:, 1].set(1.0)
+    ep = mc.sample_episode(chain, right, jax.random.key(0), 6, start_state=0)
+    np.testing.assert_array_equal(np.asarray(ep.states[:3]), [0, 1, 2])
+    np.testing.assert_array_equal(np.asarray(ep.mask), [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(ep.rewards), [0, 0, 1, 0, 0, 0])  # no 2nd episode
+
+
+def test_mc_basic_on_an_episodic_environment():
+    chain = Chain()
+    result = mc.mc_basic(chain, 10, 0.9, num_iterations=6, key=jax.random.key(1))
+    assert_close(result.values, [0.81, 0.9, 1.0])  # γ^(n−1−s)
+    np.testing.assert_array_equal(np.asarray(result.policy.argmax(-1)), [1, 1, 1])
+    assert_close(result.q_values[:, 0], [0.729, 0.729, 0.81])  # γ v*(max(s − 1, 0))
+
+
+def test_every_visit_estimates_on_an_episodic_environment():
+    """ε = 1 keeps the uniform policy: the averages estimate its q (DP on the model with
+    an absorbing terminal), and steps after the end of an episode are never counted."""
+    P, R = Chain().model()
+    exact = np.asarray(dp.policy_evaluation(P, R, np.full((4, 2), 0.5), 0.9).action_values)
+    result = mc.mc_epsilon_greedy(NoStarts(), jax.random.key(2), epsilon=1.0, gamma=0.9,
+                                  num_episodes=400, episode_length=40, episodes_per_update=200)
+    error = np.abs(np.asarray(result.q_values) - exact[:3])
+    assert error.max() < 0.08, error  # thousands of visits per pair
+    # an episode from s lasts at least n − s steps: far fewer visits than 400 × 40 steps
+    assert 400 * 1 < float(np.asarray(result.counts).sum()) < 400 * 40 / 2
+
+
+def test_missing_capabilities_are_named():
+    with pytest.raises(ValueError, match=r"NoStarts is missing: reset_to\(key, s\)"):
+        mc.mc_basic(NoStarts(), 5, 0.9)
+    with pytest.raises(ValueError, match="reset_to"):
+        mc.mc_epsilon_greedy(NoStarts(), jax.random.key(0), epsilon=0.1, gamma=0.9,
+                             num_episodes=10, episode_length=5, exploring_starts=True)
+    with pytest.raises(ValueError, match="reset_to"):
+        mc.sample_episodes(NoStarts(), jnp.full((3, 2), 0.5), jax.random.key(0), 2, 5,
+                           exploring_starts=True)
+    with pytest.raises(ValueError, match=r"num_states \(an integer >= 1\)"):
+        mc.sample_episodes(dataclasses.replace(NoStarts(), num_states=0),
+                           jnp.full((3, 2), 0.5), jax.random.key(0), 2, 5)
+    with pytest.raises(ValueError, match=r"policy must have shape \[S, A\] = \(3, 2\)"):
+        mc.sample_episodes(NoStarts(), jnp.full((3, 3), 1 / 3), jax.random.key(0), 2, 5)
+

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rl import monte_carlo
+from rl.envs import Environment, FiniteEnvironment, Step
 from rl.envs.gymnax_env import ContinuousEnv, make_env
 from tests.tolerances import F32, F64, assert_close
 
@@ -41,6 +43,17 @@ def test_spec_of_pendulum_and_mountaincar():
     car = make_env("MountainCarContinuous-v0")
     assert (car.obs_dim, car.action_dim, car.max_steps) == (2, 1, 999)
     np.testing.assert_array_equal(car.action_high, [1.0])
+
+
+def test_continuous_env_implements_the_protocol():
+    env = make_env("Pendulum-v1")
+    assert isinstance(env, Environment) and not isinstance(env, FiniteEnvironment)
+    _, state = env.reset(jax.random.key(0))
+    assert isinstance(env.step(jax.random.key(1), state, jnp.zeros(1)), Step)
+    # tabular Monte Carlo needs a finite state and action space: the message says so
+    with pytest.raises(ValueError, match=r"ContinuousEnv is missing: num_states"):
+        monte_carlo.mc_epsilon_greedy(env, jax.random.key(0), epsilon=0.1, gamma=0.9,
+                                      num_episodes=2, episode_length=3)
 
 
 def test_one_step_dynamics_match_gymnasium(x64):

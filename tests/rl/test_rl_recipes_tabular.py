@@ -1,16 +1,16 @@
-"""The tabular RL recipes and benchmarks at a tiny scale, and the numpy reference path."""
+"""The tabular RL recipes and benchmarks at a tiny scale, and the benchmarks' numpy
+reference path."""
 
 import json
 
 import numpy as np
 import pytest
 
-import rl.benchmarks  # noqa: F401  (registers the benchmarks)
+import rl.recipes  # noqa: F401  (registers the recipes)
 from common.bench import BENCHMARKS, BenchContext
 from common.recipe import RECIPES, run_recipe
-from rl import dp
+from rl import benchmarks, dp
 from rl.envs.gridworld import book_2x2
-from rl.recipes import gridworld
 
 
 def _figures(run_dir, names):
@@ -25,7 +25,8 @@ def _figures(run_dir, names):
 def test_registered():
     for name in ("gridworld-dp", "gridworld-mc", "stochastic-approximation"):
         assert name in RECIPES
-    assert "gridworld-episodes" in BENCHMARKS and "mc-epsilon-greedy" in BENCHMARKS
+    for name in ("gridworld-episodes", "mc-epsilon-greedy", "dpo-train-step"):
+        assert name in BENCHMARKS
 
 
 def test_gridworld_dp_recipe(tmp_path):
@@ -81,13 +82,13 @@ def test_numpy_reference_is_the_same_algorithm():
     world = book_2x2()
     P, R = world.model()
     exact = np.asarray(dp.policy_evaluation(P, R, np.full((4, 5), 0.2), 0.5).action_values)
-    policy, q = gridworld.numpy_mc_epsilon_greedy(
+    policy, q = benchmarks.numpy_mc_epsilon_greedy(
         world, np.random.default_rng(0), epsilon=1.0, gamma=0.5, num_episodes=60,
         episode_length=60, episodes_per_update=20)
     np.testing.assert_allclose(policy, 0.2)
     assert np.abs(q - exact).max() < 0.15
     # with ε = 0.1 it becomes ε-greedy: 1 − 0.1·4/5 on the greedy action
-    policy, _ = gridworld.numpy_mc_epsilon_greedy(
+    policy, _ = benchmarks.numpy_mc_epsilon_greedy(
         world, np.random.default_rng(0), epsilon=0.1, gamma=0.5, num_episodes=20,
         episode_length=20, episodes_per_update=10)
     np.testing.assert_allclose(policy.max(-1), 0.92)
@@ -95,9 +96,9 @@ def test_numpy_reference_is_the_same_algorithm():
 
 def test_benchmarks_run_tiny():
     ctx = BenchContext(scale="quick")
-    gen = gridworld.bench_episode_generator(
+    gen = benchmarks.bench_episode_generator(
         ctx, {"jax_episodes": 64, "numpy_episodes": 4, "length": 10})
     assert gen["jax_episodes_per_second"] > 0 and gen["speedup_vs_numpy"] > 0
-    mc = gridworld.bench_mc_epsilon_greedy(ctx, {"episodes": 20, "length": 10, "batch": 10})
+    mc = benchmarks.bench_mc_epsilon_greedy(ctx, {"episodes": 20, "length": 10, "batch": 10})
     assert mc["jax_seconds"] > 0 and mc["numpy_seconds"] > 0
     assert mc["speedup_vs_numpy"] == pytest.approx(mc["numpy_seconds"] / mc["jax_seconds"])

@@ -1,5 +1,6 @@
-"""DETR model pieces: the loop-friendly convolution, the sine encoding, padding masks."""
+"""DETR model pieces: the sine encoding, padding masks, the shared ResNet backbone."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,44 +9,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.nn import sine_position_encoding_2d
+from common.nn import FrozenBatchNorm, ResNet, ResNetConfig, sine_position_encoding_2d
+from common.recipe import apply_overrides
 from tests.tolerances import F32, F32_LOOSE, assert_close
 from vision.detr import (
     DETR,
     BackboneConfig,
     DETRConfig,
-    FrozenBatchNorm,
-    ResNetBackbone,
     downsample_mask,
     postprocess,
 )
-from vision.detr.model import conv2d
-
-
-@pytest.mark.parametrize("size,kernel,stride", [((12, 12), 3, 1), ((11, 9), 3, 2),
-                                                 ((8, 8), 1, 2)])
-def test_conv2d_value_and_gradients_equal_xla(size, kernel, stride):
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, *size, 3))
-    k = jax.random.normal(kk, (kernel, kernel, 3, 5))
-
-    def xla(x, k):
-        return jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    @jax.jit
-    def both(x, k):
-        probe = jax.random.normal(kg, xla(x, k).shape)
-        ours = jax.value_and_grad(lambda x, k: jnp.sum(jnp.tanh(conv2d(x, k, stride)) * probe),
-                                  (0, 1))(x, k)
-        ref = jax.value_and_grad(lambda x, k: jnp.sum(jnp.tanh(xla(x, k)) * probe), (0, 1))(x, k)
-        return ours, ref, conv2d(x, k, stride), xla(x, k)
-
-    ours, ref, y, y_ref = both(x, k)
-    assert y.shape == (2, -(-size[0] // stride), -(-size[1] // stride), 5)
-    assert_close(y, y_ref, F32_LOOSE)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        assert_close(a, b, F32_LOOSE)
 
 
 def test_sine_encoding_matches_formula_on_padded_mask():
@@ -116,8 +89,23 @@ def test_padding_mask_and_frozen_bn():
              jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))]
     assert not any("mean" in n or "var" in n for n in names)
     assert isinstance(model.backbone.stem_norm, FrozenBatchNorm)
-    backbone = ResNetBackbone(BackboneConfig(), rngs=nnx.Rngs(0))
-    assert jax.eval_shape(backbone, jnp.zeros((1, 64, 64, 3))).shape == (1, 8, 8, 128)
+
+
+def test_default_backbone_and_norm_override():
+    """DETR's default backbone keeps its architecture (stride 8, 128 channels); the
+    recipe key ``model.backbone.norm`` selects the norm."""
+    out = jax.eval_shape(lambda x: ResNet(BackboneConfig(), rngs=nnx.Rngs(0))(x),
+                         jnp.zeros((1, 64, 64, 3)))
+    shapes = [f.shape for f in out]
+    assert shapes == [(1, 32, 32, 32), (1, 16, 16, 64), (1, 8, 8, 128)]
+    assert BackboneConfig().stride == 8 and BackboneConfig().norm == "groupnorm"
+    cfg = apply_overrides(DETRConfig(), {"backbone.norm": "frozen_bn"})
+    assert cfg.backbone.norm == "frozen_bn" and isinstance(cfg.backbone, BackboneConfig)
+    model = nnx.eval_shape(lambda: DETR(dataclasses.replace(
+        _small_config(), backbone=ResNetConfig(stem_channels=8, channels=(16,), blocks=(1,),
+                                               strides=(1,), norm="batchnorm")),
+        rngs=nnx.Rngs(0)))
+    assert model.backbone.config.stride == 4
 
 
 def test_postprocess_formula():
@@ -136,7 +124,7 @@ def test_bad_inputs_raise_clear_errors():
         model(jnp.zeros((1, 32, 32)))
     with pytest.raises(ValueError, match=r"mask must be boolean with shape \[B, H, W\]"):
         model(jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 32, 32)))
-    with pytest.raises(ValueError, match="backbone norm must be"):
-        DETR(_small_config(norm="batch"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        _small_config(norm="batch")
     with pytest.raises(ValueError, match=r"image_sizes must have shape \[B, 2\]"):
         postprocess(jnp.zeros((1, 2, 3)), jnp.zeros((1, 2, 4)), jnp.zeros((2,)))

@@ -5,9 +5,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 from common.optim import OptimConfig
-from vision.detr import BackboneConfig, DETRConfig
+from common.recipe import apply_overrides
+from vision.detr import DETR, BackboneConfig, DETRConfig
 from vision.recipes.detr_shapes import DetrShapesConfig, make_batch_fn, train_detr_shapes
 from vision.shapes import generate_shapes
 
@@ -51,3 +54,25 @@ def test_hflip_mirrors_inside_the_real_width():
         np.testing.assert_allclose(flipped["boxes"][b, real, 0], 1 - plain["boxes"][b, real, 0],
                                    atol=1e-6)
     assert (~same).any() and same.any()
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "batchnorm"])
+def test_backbone_norms_with_non_trainable_state_train_and_evaluate(norm):
+    """Regression: a backbone reading non-Param variables in its forward pass (frozen or
+    running batch-norm statistics) trains under ``fit``'s donation and evaluates after;
+    batch norm's running averages move, frozen statistics do not."""
+    cfg = apply_overrides(dataclasses.replace(TINY, steps=6, chunk_size=3, eval_every=6,
+                                              checkpoint_every=6),
+                          {"model.backbone.norm": norm})
+    history = []
+    state, _, _, metrics, _ = train_detr_shapes(cfg, history=history)
+    assert int(state.step) == 6 and 0.0 <= metrics["ap"] <= 1.0
+    assert all(np.isfinite(m["loss"]) for _, m in history if "loss" in m)
+    stats = jax.tree.leaves(nnx.state(state.model().backbone, nnx.Not(nnx.Param)))
+    initial = jax.tree.leaves(nnx.state(DETR(cfg.model, rngs=nnx.Rngs(0)).backbone,
+                                        nnx.Not(nnx.Param)))
+    floats = [(a, b) for a, b in zip(stats, initial, strict=True)
+              if jnp.issubdtype(a.dtype, jnp.floating)]
+    assert floats, "the backbone should carry statistics"
+    moved = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in floats)
+    assert moved == (norm == "batchnorm")

@@ -18,8 +18,6 @@ from vision.detr.model import (
     DETR,
     BackboneConfig,
     DETRConfig,
-    FrozenBatchNorm,
-    ResNetBackbone,
     downsample_mask,
 )
 from vision.detr.postprocess import postprocess
@@ -29,8 +27,6 @@ __all__ = [
     "BackboneConfig",
     "CriterionConfig",
     "DETRConfig",
-    "FrozenBatchNorm",
-    "ResNetBackbone",
     "check_targets",
     "downsample_mask",
     "hungarian_match",

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import is_concrete, shape_str
 from vision.boxes import (
     box_cxcywh_to_xyxy,
     check_boxes,
     elementwise_generalized_box_iou,
     generalized_box_iou,
-    is_concrete,
 )
 from vision.matching import MATCHERS, assignment_vectors
 
@@ -44,10 +44,6 @@ __all__ = [
     "matcher_cost",
     "set_criterion",
 ]
-
-
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
 def _check_labels(labels, num_classes: int, name: str, mask=None) -> None:
@@ -96,18 +92,18 @@ def matcher_cost(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax.
     tgt_boxes = jnp.asarray(tgt_boxes)
     if pred_logits.ndim != 2 or pred_logits.shape[-1] < 2:
         raise ValueError(f"pred_logits must have shape [Q, C+1] with C >= 1, got shape "
-                         f"{_shape_str(pred_logits.shape)}")
+                         f"{shape_str(pred_logits.shape)}")
     Q, C1 = pred_logits.shape
     if pred_boxes.shape != (Q, 4):
         raise ValueError(f"pred_boxes must have shape [Q, 4] = ({Q}, 4), got shape "
-                         f"{_shape_str(pred_boxes.shape)}")
+                         f"{shape_str(pred_boxes.shape)}")
     if tgt_labels.ndim != 1:
         raise ValueError(f"tgt_labels must have shape [T], got shape "
-                         f"{_shape_str(tgt_labels.shape)}")
+                         f"{shape_str(tgt_labels.shape)}")
     T = tgt_labels.shape[0]
     if tgt_boxes.shape != (T, 4):
         raise ValueError(f"tgt_boxes must have shape [T, 4] = ({T}, 4), got shape "
-                         f"{_shape_str(tgt_boxes.shape)}")
+                         f"{shape_str(tgt_boxes.shape)}")
     _check_labels(tgt_labels, C1 - 1, "tgt_labels")
     check_boxes(tgt_boxes, "tgt_boxes", fmt="cxcywh", normalized=True)
     check_boxes(pred_boxes, "pred_boxes", fmt="cxcywh")
@@ -130,14 +126,14 @@ def check_targets(labels, boxes, mask, num_classes: int) -> None:
     """
     labels, boxes, mask = jnp.asarray(labels), jnp.asarray(boxes), jnp.asarray(mask)
     if labels.ndim != 2:
-        raise ValueError(f"target labels must have shape [B, T], got {_shape_str(labels.shape)}")
+        raise ValueError(f"target labels must have shape [B, T], got {shape_str(labels.shape)}")
     B, T = labels.shape
     if boxes.shape != (B, T, 4):
         raise ValueError(f"target boxes must have shape [B, T, 4] = ({B}, {T}, 4), got "
-                         f"{_shape_str(boxes.shape)}")
+                         f"{shape_str(boxes.shape)}")
     if mask.shape != (B, T) or mask.dtype != jnp.bool_:
         raise ValueError(f"target mask must be boolean with shape [B, T] = ({B}, {T}), got "
-                         f"{mask.dtype} {_shape_str(mask.shape)}")
+                         f"{mask.dtype} {shape_str(mask.shape)}")
     _check_labels(labels, num_classes, "target labels", mask)
     if is_concrete(boxes) and is_concrete(mask):
         check_boxes(np.asarray(boxes)[np.asarray(mask)], "target boxes", fmt="cxcywh",
@@ -203,11 +199,11 @@ def hungarian_match(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: j
     MATCHERS.get(matcher)
     if jnp.ndim(pred_logits) != 3:
         raise ValueError(f"pred_logits must have shape [B, Q, C+1], got "
-                         f"{_shape_str(jnp.shape(pred_logits))}")
+                         f"{shape_str(jnp.shape(pred_logits))}")
     B, Q, _ = pred_logits.shape
     if jnp.shape(pred_boxes) != (B, Q, 4):
         raise ValueError(f"pred_boxes must have shape [B, Q, 4] = ({B}, {Q}, 4), got "
-                         f"{_shape_str(jnp.shape(pred_boxes))}")
+                         f"{shape_str(jnp.shape(pred_boxes))}")
     check_targets(tgt_labels, tgt_boxes, tgt_mask, pred_logits.shape[-1] - 1)
     if jnp.shape(tgt_labels)[0] != B:
         raise ValueError(f"targets must have batch size B = {B} like pred_logits, got "
@@ -307,11 +303,11 @@ def set_criterion(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax
         pred_logits, pred_boxes = pred_logits[None], pred_boxes[None]
     if pred_logits.ndim != 4:
         raise ValueError(f"pred_logits must have shape [L, B, Q, C+1] or [B, Q, C+1], got "
-                         f"{_shape_str(pred_logits.shape)}")
+                         f"{shape_str(pred_logits.shape)}")
     L, B, Q, C1 = pred_logits.shape
     if pred_boxes.shape != (L, B, Q, 4):
         raise ValueError(f"pred_boxes must have shape [L, B, Q, 4] = ({L}, {B}, {Q}, 4) like "
-                         f"pred_logits, got {_shape_str(pred_boxes.shape)}")
+                         f"pred_logits, got {shape_str(pred_boxes.shape)}")
     check_targets(tgt_labels, tgt_boxes, tgt_mask, C1 - 1)
     if jnp.shape(tgt_labels)[0] != B:
         raise ValueError(f"targets must have batch size B = {B} like pred_logits, got "

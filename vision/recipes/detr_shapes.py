@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from common.optim import OptimConfig, build_optimizer
-from common.recipe import RunContext, register_recipe
+from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from vision.coco import coco_detections, coco_ground_truth, evaluate_bbox
 from vision.detr import (
@@ -72,7 +72,7 @@ class DetrShapesConfig:
         num_classes=len(CLASSES), num_queries=12, d_model=64, num_heads=4,
         num_encoder_layers=2, num_decoder_layers=3, mlp_dim=128, dropout_rate=0.0,
         backbone=BackboneConfig(stem_channels=16, stem_stride=2, channels=(32, 64),
-                                blocks=(1, 1), strides=(2, 2), norm="group"))
+                                blocks=(1, 1), strides=(2, 2), norm="groupnorm"))
     criterion: CriterionConfig = CriterionConfig()
     batch_size: int = 32
     steps: int = 3000
@@ -136,25 +136,29 @@ def make_batch_fn(cfg: DetrShapesConfig):
 # ----------------------------------------------------------------------------- model
 
 
-def make_loss_fn(graphdef, rest, criterion: CriterionConfig):
-    """``loss_fn(params, batch, key) -> (loss, metrics)``: DETR forward + set criterion."""
+def make_loss_fn(graphdef, criterion: CriterionConfig):
+    """``loss_fn(params, rest, batch, key) -> (loss, (metrics, rest))``: DETR forward and
+    set criterion, for ``train_step_fn(..., updates_rest=True)``. ``rest`` is the model's
+    non-trainable state (frozen or running batch-norm statistics); the returned one
+    carries the running averages a ``batchnorm`` backbone updates in training."""
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, rest, batch, key):
         model = nnx.merge(graphdef, params, rest)
         out = model(batch["images"], batch["mask"], deterministic=False,
                     rngs=nnx.Rngs(dropout=key))
-        return set_criterion(out["logits"], out["boxes"], batch["labels"], batch["boxes"],
-                             batch["box_mask"], criterion)
+        loss, metrics = set_criterion(out["logits"], out["boxes"], batch["labels"],
+                                      batch["boxes"], batch["box_mask"], criterion)
+        return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 
     return loss_fn
 
 
-def make_predict(graphdef, rest, image_size: int):
-    """Jitted ``predict(params, images_u8 [B, S, S, 3], sizes [B, 2])`` →
+def make_predict(graphdef, image_size: int):
+    """Jitted ``predict(params, rest, images_u8 [B, S, S, 3], sizes [B, 2])`` →
     ``(scores [B, Q], labels [B, Q], boxes_xyxy [B, Q, 4] pixels)``."""
 
     @jax.jit
-    def predict(params, images_u8, sizes):
+    def predict(params, rest, images_u8, sizes):
         model = nnx.merge(graphdef, params, rest)
         out = model(_normalise(images_u8), pixel_mask(sizes, image_size))
         return postprocess(out["logits"][-1], out["boxes"][-1], sizes)
@@ -162,8 +166,8 @@ def make_predict(graphdef, rest, image_size: int):
     return predict
 
 
-def _predict_all(predict, params, data: ShapesData, batch: int):
-    parts = [predict(params, jnp.asarray(data.images[i:i + batch]),
+def _predict_all(predict, params, rest, data: ShapesData, batch: int):
+    parts = [predict(params, rest, jnp.asarray(data.images[i:i + batch]),
                      jnp.asarray(data.sizes[i:i + batch]))
              for i in range(0, len(data), batch)]
     return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(3))
@@ -175,10 +179,10 @@ def ground_truth(data: ShapesData) -> dict:
     return coco_ground_truth(data.sizes, boxes, labels, CLASSES)
 
 
-def evaluate(predict, params, data: ShapesData, gt: dict, *, batch: int = 250,
+def evaluate(predict, params, rest, data: ShapesData, gt: dict, *, batch: int = 250,
              backend: str = "pycocotools") -> tuple[dict, tuple]:
     """COCO bbox metrics of every query on ``data``; returns ``(metrics, predictions)``."""
-    scores, labels, boxes = _predict_all(predict, params, data, batch)
+    scores, labels, boxes = _predict_all(predict, params, rest, data, batch)
     boxes = np.clip(boxes, 0.0, None)
     dets = coco_detections(list(range(1, len(data) + 1)), boxes, scores, labels,
                            num_classes=len(CLASSES))
@@ -192,9 +196,7 @@ def train_detr_shapes(cfg: DetrShapesConfig, *, logger=None, checkpointer=None,
     Returns:
       ``(state, predict, val_data, val_metrics, predictions)``.
     """
-    optim = cfg.optim
-    if optim.total_steps is None:
-        optim = dataclasses.replace(optim, total_steps=cfg.steps)
+    optim = default_total_steps(cfg.optim, cfg.steps)
     shape_kw = dict(image_size=cfg.image_size, min_image_size=cfg.min_image_size,
                     max_objects=cfg.max_objects, min_shape=cfg.min_shape,
                     max_shape=cfg.max_shape)
@@ -208,22 +210,22 @@ def train_detr_shapes(cfg: DetrShapesConfig, *, logger=None, checkpointer=None,
     model = DETR(cfg.model, rngs=nnx.Rngs(params=init_key, dropout=init_key))
     tx = build_optimizer(optim)
     state = TrainState.create(model, tx, train_key)
-    loss_fn = make_loss_fn(state.graphdef, state.rest, cfg.criterion)
-    predict = make_predict(state.graphdef, state.rest, cfg.image_size)
+    loss_fn = make_loss_fn(state.graphdef, cfg.criterion)
+    predict = make_predict(state.graphdef, cfg.image_size)
     data = {k: jnp.asarray(v) for k, v in train.as_arrays().items()}
 
     def eval_fn(state):
-        metrics, _ = evaluate(predict, state.params, val, gt, batch=cfg.eval_batch,
-                              backend=cfg.coco_backend)
+        metrics, _ = evaluate(predict, state.params, state.rest, val, gt,
+                              batch=cfg.eval_batch, backend=cfg.coco_backend)
         return {k: metrics[k] for k in ("ap", "ap50", "ap75")}
 
-    state = fit(state, train_step_fn(loss_fn, tx), make_batch_fn(cfg), data,
+    state = fit(state, train_step_fn(loss_fn, tx, updates_rest=True), make_batch_fn(cfg), data,
                 num_steps=cfg.steps, chunk_size=cfg.chunk_size, logger=logger,
                 checkpointer=checkpointer, checkpoint_every=cfg.checkpoint_every,
                 eval_fn=eval_fn, eval_every=cfg.eval_every, progress=progress,
                 desc="detr-shapes", history=history)
-    metrics, predictions = evaluate(predict, state.params, val, gt, batch=cfg.eval_batch,
-                                    backend=cfg.coco_backend)
+    metrics, predictions = evaluate(predict, state.params, state.rest, val, gt,
+                                    batch=cfg.eval_batch, backend=cfg.coco_backend)
     return state, predict, val, metrics, predictions
 
 
@@ -270,17 +272,11 @@ def _overlays(val: ShapesData, predictions, count: int, threshold: float):
 def _learning_curve(history):
     import matplotlib.pyplot as plt
 
-    train = [(s, m["loss"], m["loss_ce"], m["loss_bbox"], m["loss_giou"]) for s, m in history
-             if "loss" in m]
     evals = [(s, m["eval/ap"], m["eval/ap50"]) for s, m in history if "eval/ap" in m]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    if train:
-        arr = np.array(train)
-        window = max(1, len(arr) // 60)
-        kernel = np.ones(window) / window
-        for col, name in ((1, "total"), (2, "ce"), (3, "L1"), (4, "GIoU")):
-            smooth = np.convolve(arr[:, col], kernel, mode="valid")
-            ax.plot(arr[window - 1:, 0], smooth, label=f"{name} loss")
+    for key, name in (("loss", "total"), ("loss_ce", "ce"), ("loss_bbox", "L1"),
+                      ("loss_giou", "GIoU")):
+        plot_smoothed(ax, history, key, points=60, label=f"{name} loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (smoothed)")

@@ -14,6 +14,7 @@ from common.nn import (
     Encoder,
     EncoderLayer,
     GatedMLP,
+    TransformerConfig,
     causal_mask,
     combine_masks,
     grid_positions,
@@ -92,10 +93,20 @@ def ref_decoder_layer(layer, x, act, memory=None, self_mask=None, cross_mask=Non
 D, H, F = 8, 2, 12
 
 
+def config(**kwargs):
+    return TransformerConfig(d_model=D, num_heads=H, mlp_dim=F, **kwargs)
+
+
+def build(cls, seed=0, **kwargs):
+    """``cls(config(**kwargs))`` with every parameter drawn at random (see ``make``)."""
+    return make(lambda kernel_init, rngs: cls(config(kernel_init=kernel_init, **kwargs),
+                                              rngs=rngs), seed=seed)
+
+
 @pytest.mark.parametrize("norm_first,norm", [(False, "layernorm"), (True, "rmsnorm")])
 def test_encoder_layer_matches_reference(x64, norm_first, norm):
-    layer = make(EncoderLayer, D, H, F, norm_first=norm_first, norm=norm,
-                 param_dtype=jnp.float64, seed=1)
+    layer = build(EncoderLayer, norm_first=norm_first, norm=norm, param_dtype=jnp.float64,
+                  seed=1)
     x = normal(2, (2, 5, D), jnp.float64)
     pos = normal(3, (1, 5, D), jnp.float64)
     mask = padding_mask(jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool))
@@ -122,7 +133,7 @@ DECODER_CONFIGS = {
 @pytest.mark.parametrize("config", sorted(DECODER_CONFIGS))
 def test_decoder_layer_matches_reference(x64, config):
     kwargs = DECODER_CONFIGS[config]
-    layer = make(DecoderLayer, D, H, F, param_dtype=jnp.float64, seed=5, **kwargs)
+    layer = build(DecoderLayer, param_dtype=jnp.float64, seed=5, **kwargs)
     act = NP_ACTIVATIONS[kwargs["activation"]]
     B, T, S = 2, 4, 6
     x = normal(6, (B, T, D), jnp.float64)
@@ -143,7 +154,7 @@ def test_decoder_layer_matches_reference(x64, config):
 
 
 def test_eager_equals_jit_float32():
-    layer = make(EncoderLayer, D, H, F, norm_first=True, seed=10)
+    layer = build(EncoderLayer, norm_first=True, seed=10)
     x, pos = normal(11, (2, 3, D)), normal(13, (2, 3, D))
     eager = layer(x, pos=pos)
     graphdef, state = nnx.split(layer)
@@ -153,7 +164,7 @@ def test_eager_equals_jit_float32():
 
 
 def test_layer_dropout():
-    layer = make(EncoderLayer, D, H, F, dropout_rate=0.3, seed=14)
+    layer = build(EncoderLayer, dropout_rate=0.3, seed=14)
     x = normal(15, (2, 5, D))
     det = jit_call(layer, x)
     assert_close(det, ref_encoder_layer(layer, x, NP_ACTIVATIONS["relu"]), F32)
@@ -170,7 +181,8 @@ def test_layer_dropout():
 
 
 def test_encoder_stack_equals_layers_then_final_norm(x64):
-    enc = make(Encoder, 2, D, H, F, norm_first=True, rope="2d", param_dtype=jnp.float64, seed=17)
+    enc = build(Encoder, num_layers=2, norm_first=True, rope="2d", param_dtype=jnp.float64,
+                seed=17)
     assert enc.final_norm is not None  # default on for pre-norm
     rows, cols = grid_positions(2, 3)
     positions = jnp.stack([rows, cols], axis=-1)  # [6, 2]
@@ -180,13 +192,13 @@ def test_encoder_stack_equals_layers_then_final_norm(x64):
     for layer in enc.layers:
         h = ref_encoder_layer(layer, h, NP_ACTIVATIONS["relu"], positions=positions)
     assert_close(out, ref_norm(enc.final_norm, h), F64)
-    assert Encoder(1, D, H, F, rngs=rngs(0)).final_norm is None  # post-norm default
-    assert Encoder(0, D, H, F, rngs=rngs(0))(x) is x
+    assert Encoder(config(), rngs=rngs(0)).final_norm is None  # post-norm default
+    assert Encoder(config(num_layers=0), rngs=rngs(0))(x) is x
 
 
 def test_decoder_stack_intermediate_outputs(x64):
     # DETR: post-norm layers and a final norm applied to every intermediate output.
-    dec = make(Decoder, 2, D, H, F, final_norm=True, param_dtype=jnp.float64, seed=20)
+    dec = build(Decoder, num_layers=2, final_norm=True, param_dtype=jnp.float64, seed=20)
     x, memory = normal(21, (2, 4, D), jnp.float64), normal(22, (2, 6, D), jnp.float64)
     query_pos, pos = normal(23, (1, 4, D), jnp.float64), normal(24, (2, 6, D), jnp.float64)
     inter = jit_call(dec, x, memory, query_pos=query_pos, pos=pos, return_intermediate=True)
@@ -201,8 +213,8 @@ def test_decoder_stack_intermediate_outputs(x64):
 
 
 def test_causal_lm_decoder_does_not_look_ahead():
-    lm = Decoder(2, D, H, F, cross_attention=False, norm_first=True, norm="rmsnorm",
-                 mlp="swiglu", activation="silu", rope="1d", num_kv_heads=1,
+    lm = Decoder(config(num_layers=2, cross_attention=False, norm_first=True, norm="rmsnorm",
+                        mlp="swiglu", activation="silu", rope="1d", num_kv_heads=1),
                  rngs=rngs(25))  # default initialisation
     x = normal(26, (1, 6, D))
     changed = x.at[:, 4:].set(normal(27, (1, 2, D)))
@@ -219,20 +231,28 @@ def test_bad_input():
     with pytest.raises(ValueError, match="norm must be 'layernorm' or 'rmsnorm'"):
         make_norm("batchnorm", 4, rngs=rngs(0))
     with pytest.raises(ValueError, match="mlp must be 'mlp' or 'swiglu'"):
-        EncoderLayer(D, H, F, mlp="moe", rngs=rngs(0))
+        config(mlp="moe")
+    with pytest.raises(ValueError, match="norm must be 'layernorm' or 'rmsnorm'"):
+        config(norm="batchnorm")
     with pytest.raises(ValueError, match="num_heads=2 must be divisible by num_kv_heads=3"):
-        EncoderLayer(D, H, F, num_kv_heads=3, rngs=rngs(0))
-    with pytest.raises(ValueError, match="dropout_rate must be in"):
-        EncoderLayer(D, H, F, dropout_rate=-0.1, rngs=rngs(0))
-    with pytest.raises(ValueError, match="num_layers must be >= 0"):
-        Encoder(-1, D, H, F, rngs=rngs(0))
-    enc = make(EncoderLayer, D, H, F)
+        config(num_kv_heads=3)
+    with pytest.raises(ValueError, match=re.escape("dropout_rate must lie in [0, 1)")):
+        config(dropout_rate=-0.1)
+    with pytest.raises(ValueError, match="num_layers must be an integer >= 0"):
+        config(num_layers=-1)
+    with pytest.raises(ValueError, match="d_model must be an integer"):
+        TransformerConfig(d_model=8.0, num_heads=H, mlp_dim=F)
+    with pytest.raises(ValueError, match="rope must be None, '1d' or '2d'"):
+        config(rope="3d")
+    with pytest.raises(ValueError, match="config must be a TransformerConfig"):
+        EncoderLayer(dict(d_model=D), rngs=rngs(0))
+    enc = build(EncoderLayer)
     x = jnp.ones((2, 5, D))
     with pytest.raises(ValueError, match=re.escape(f"x must have shape [B, T, {D}]")):
         enc(jnp.ones((2, 5, D + 1)))
     with pytest.raises(ValueError, match=re.escape(f"pos must have shape [B, T, D] = (2, 5, {D})")):
         enc(x, pos=jnp.ones((5, D)))
-    dec = make(DecoderLayer, D, H, F)
+    dec = build(DecoderLayer)
     with pytest.raises(ValueError, match="memory .* is required"):
         dec(x)
     with pytest.raises(ValueError, match=re.escape(f"memory must have shape [B, S, {D}]")):
@@ -241,11 +261,11 @@ def test_bad_input():
         dec(x, jnp.ones((2, 4, D)), query_pos=jnp.ones((2, 4, D)))
     with pytest.raises(ValueError, match=re.escape("pos must have shape [B, T, D] = (2, 4,")):
         dec(x, jnp.ones((2, 4, D)), pos=jnp.ones((2, 5, D)))
-    lm = make(DecoderLayer, D, H, F, cross_attention=False)
+    lm = build(DecoderLayer, cross_attention=False)
     with pytest.raises(ValueError, match="need cross_attention=True"):
         lm(x, jnp.ones((2, 4, D)))
     with pytest.raises(ValueError, match="return_intermediate needs num_layers >= 1"):
-        Decoder(0, D, H, F, rngs=rngs(0))(x, return_intermediate=True)
+        Decoder(config(num_layers=0), rngs=rngs(0))(x, return_intermediate=True)
     mask = combine_masks(causal_mask(5), padding_mask(jnp.ones((3, 5), bool)))
     with pytest.raises(ValueError, match=re.escape("mask must be broadcastable to [B, H, T, S]")):
         enc(x, mask=mask)

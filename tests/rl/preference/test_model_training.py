@@ -112,7 +112,7 @@ def test_lm_is_causal_and_reward_model_pools_the_last_real_token(lm):
     assert_close(rm.backbone.embed.embedding[...], model.backbone.embed.embedding[...], F32)
     # zero head: equal rewards, so the Bradley–Terry loss is log 2 and accuracy 0
     rparams = jax.tree.map(jnp.zeros_like, rparams)
-    loss, metrics = make_reward_model_loss(reward_fn)(rparams, pair_data(1, T=6), None)
+    loss, metrics = make_reward_model_loss(reward_fn)(rparams, None, pair_data(1, T=6), None)
     assert_close(loss, np.log(2.0), F32)
     assert float(metrics["accuracy"]) == 0.0
     with pytest.raises(ValueError, match="lengths must have shape"):
@@ -181,8 +181,8 @@ def test_cached_and_per_step_reference_give_the_same_dpo_step():
     @jax.jit
     def both(params, pairs, cached):
         key = jax.random.key(0)
-        one = jax.value_and_grad(direct, has_aux=True)(params, pairs, key)
-        two = jax.value_and_grad(via_cache, has_aux=True)(params, cached, key)
+        one = jax.value_and_grad(direct, has_aux=True)(params, None, pairs, key)
+        two = jax.value_and_grad(via_cache, has_aux=True)(params, None, cached, key)
         seq = sequence_logps(logits_fn(ref, pairs["chosen"]), pairs["chosen"],
                              pairs["chosen_mask"])
         return one, two, seq.logps
@@ -194,7 +194,7 @@ def test_cached_and_per_step_reference_give_the_same_dpo_step():
         assert_close(a, b, F32_LOOSE)
     assert_close(cached["ref_chosen_logps"], ref_chosen, F32)  # the cache is per pair
     with pytest.raises(ValueError, match="batch is missing"):
-        via_cache(params, pairs, None)
+        via_cache(params, None, pairs, None)
 
 
 def test_sweep_members_train_like_single_runs():
@@ -214,7 +214,7 @@ def test_sweep_members_train_like_single_runs():
 
     @jax.jit
     def two_single_steps(params, beta):
-        step = train_step_fn(lambda p, b, k: dpo(p, b, k, beta), tx)
+        step = train_step_fn(lambda p, r, b, k: dpo(p, r, b, k, beta), tx)
         state = TrainState.create(params, tx, key)
         state, _ = step(state, pairs)
         return step(state, pairs)[0].params
@@ -232,11 +232,11 @@ def test_sft_loss_is_the_token_mean_nll():
     logits_fn, params = bigram_logits, bigram_params()
     pairs = pair_data(4)
     batch = {"tokens": pairs["chosen"], "mask": pairs["chosen_mask"]}
-    loss, _ = make_sft_loss(logits_fn)(params, batch, None)
+    loss, _ = make_sft_loss(logits_fn)(params, None, batch, None)
     out = sequence_logps(logits_fn(params, batch["tokens"]), batch["tokens"], batch["mask"])
     assert_close(loss, -out.logps.sum() / out.lengths.sum(), F32)
     with pytest.raises(ValueError, match="batch is missing"):
-        make_sft_loss(logits_fn)(params, {"tokens": batch["tokens"]}, None)
+        make_sft_loss(logits_fn)(params, None, {"tokens": batch["tokens"]}, None)
 
 
 def test_rloo_gradient_is_the_exact_kl_regularised_policy_gradient():
@@ -257,7 +257,7 @@ def test_rloo_gradient_is_the_exact_kl_regularised_policy_gradient():
     rloo = make_rloo_loss(logits_fn, theta_ref, reward_fn, completion_length=1,
                           num_samples=4, kl_coef=beta)
     batch = {"prompts": jnp.zeros((5000, 1), jnp.int32)}
-    grad = jax.jit(jax.grad(lambda p, k: rloo(p, batch, k)[0]))(theta, jax.random.key(0))
+    grad = jax.jit(jax.grad(lambda p, k: rloo(p, None, batch, k)[0]))(theta, jax.random.key(0))
 
     def objective(params):
         p = jax.nn.softmax(params)

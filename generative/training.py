@@ -1,10 +1,14 @@
-"""Shared pieces of the generative recipes.
+"""Training and evaluating score networks: the pieces every generative recipe shares.
 
 * :func:`train_score_net` — ``common.train.fit`` with the shared optimizer builder,
-  scanned chunks, checkpoints/resume, plus an exponential moving average of the
-  parameters kept in ``TrainState.rest["ema"]`` (checkpointed with the state).
-* ``pc_sample`` / ``ode_sample`` / ``likelihood`` — jitted wrappers that take the
-  parameters as arguments and the architecture (``graphdef``) and SDE as static
+  scanned chunks, checkpoints/resume, and the exponential moving average of the
+  parameters that score models are evaluated with (``TrainState.ema``, checkpointed
+  with the state; Song & Ermon 2020, "Improved Techniques for Training Score-Based
+  Generative Models", §3.4).
+* :func:`sde_loss_factory` — the continuous SDE loss of a noise-prediction network as a
+  ``common.train`` loss ``loss_fn(params, rest, batch, key)``.
+* ``pc_sample`` / ``ode_sample`` / ``batched_log_likelihood`` — jitted wrappers that take
+  the parameters as arguments and the architecture (``graphdef``) and SDE as static
   arguments, so one compilation serves every model of the same shape and SDE.
 """
 
@@ -20,8 +24,10 @@ import numpy as np
 from flax import nnx
 
 from common.optim import OptimConfig, build_optimizer
+from common.recipe import default_total_steps
 from common.train import TrainState, fit, train_step_fn
 from generative.likelihood import log_likelihood
+from generative.losses import sde_loss
 from generative.sampling import ode_sampler, pc_sampler
 from generative.sde import make_score_fn
 
@@ -53,32 +59,15 @@ def score_fn_of(graphdef, params, rest, sde, data_std=None):
 def train_score_net(model, loss_factory, cfg: TrainConfig, *, key, data, batch_fn,
                     logger=None, checkpointer=None, progress=False, desc="train",
                     history=None) -> TrainState:
-    """Train ``model`` with ``loss_factory(graphdef, rest) -> loss_fn(params, batch, key)``.
+    """Train ``model`` with ``loss_factory(graphdef) -> loss_fn(params, rest, batch, key)``.
 
-    Returns the final ``TrainState``; ``state.rest["ema"]`` holds the EMA parameters
-    (equal to ``state.params`` when ``cfg.ema_decay == 0``) and ``state.rest["model"]``
-    the network's non-trainable state.
+    Returns the final ``TrainState``; ``state.ema`` holds the EMA parameters (equal to
+    ``state.params`` when ``cfg.ema_decay == 0``) and ``state.rest`` the network's
+    non-trainable state.
     """
-    optim = cfg.optim
-    if optim.total_steps is None:
-        optim = dataclasses.replace(optim, total_steps=cfg.steps)
-    tx = build_optimizer(optim)
-    state = TrainState.create(model, tx, key)
-    model_rest = state.rest
-    loss_fn = loss_factory(state.graphdef, model_rest)
-    # The loss closes over ``model_rest``; the state holds copies, because fit donates
-    # the state's buffers to each chunk and a donated closure constant would be deleted.
-    state = state.replace(rest={"model": jax.tree.map(jnp.copy, model_rest),
-                                "ema": jax.tree.map(jnp.copy, state.params)})
-    base = train_step_fn(loss_fn, tx)
-    decay = float(cfg.ema_decay)
-
-    def step(state, batch):
-        new, metrics = base(state, batch)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, new.rest["ema"],
-                           new.params)
-        return new.replace(rest={**new.rest, "ema": ema}), metrics
-
+    tx = build_optimizer(default_total_steps(cfg.optim, cfg.steps))
+    state = TrainState.create(model, tx, key, ema=True)
+    step = train_step_fn(loss_factory(state.graphdef), tx, ema_decay=cfg.ema_decay)
     return fit(state, step, batch_fn, data, num_steps=cfg.steps, chunk_size=cfg.chunk_size,
                logger=logger, checkpointer=checkpointer, checkpoint_every=cfg.checkpoint_every,
                progress=progress, desc=desc, history=history)
@@ -86,11 +75,11 @@ def train_score_net(model, loss_factory, cfg: TrainConfig, *, key, data, batch_f
 
 def sde_loss_factory(sde, *, reduce_mean=True, likelihood_weighting=False, eps=1e-5,
                      data_std=None):
-    """Loss factory of the continuous SDE loss on batches ``{"x": [B, ...]}``."""
-    from generative.losses import sde_loss
+    """``factory(graphdef) -> loss_fn(params, rest, batch, key)``: the continuous SDE loss
+    of a noise-prediction network on batches ``{"x": [B, ...]}``."""
 
-    def factory(graphdef, rest):
-        def loss_fn(params, batch, key):
+    def factory(graphdef):
+        def loss_fn(params, rest, batch, key):
             drop_key, loss_key = jax.random.split(key)
             eps_fn = lambda x, t: net_apply(graphdef, params, rest, x, t, deterministic=False,
                                             rngs=nnx.Rngs(dropout=drop_key))

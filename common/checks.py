@@ -1,0 +1,139 @@
+"""Argument checks shared by every package: one copy, named errors, trace-time first.
+
+Policy for values under ``jit``. Shapes, ranks and dtypes are static, so they are
+always checked at trace time. Checks on *values* (ranges, finiteness) run only
+when the value is concrete (:func:`is_concrete`); inside ``jit``/``grad``/``vmap``
+they are skipped here, and each entry point documents what it does with a bad
+traced value instead.
+
+Every message names the argument and what was expected, for example
+``x must have shape [B, D] = (8, 3), got shape (8, 4)``.
+
+Example:
+    >>> from common.checks import check_int, check_rank, shape_str
+    >>> check_int(3, "num_layers")
+    3
+    >>> shape_str((2, 3))
+    '(2, 3)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_finite",
+    "check_float_dtype",
+    "check_in_range",
+    "check_int",
+    "check_positive",
+    "check_rank",
+    "check_unit_interval",
+    "concrete_value",
+    "float_dtype",
+    "is_concrete",
+    "per_sample",
+    "shape_of",
+    "shape_str",
+]
+
+
+def shape_str(shape) -> str:
+    """``(2, 3)`` for a shape tuple (``(5,)`` is written ``(5)``, as in messages)."""
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def shape_of(x) -> tuple[int, ...]:
+    """The shape of an array-like (scalars and lists included)."""
+    return tuple(jnp.shape(x))
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values now (not a tracer inside jit/grad/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def concrete_value(x) -> np.ndarray | None:
+    """``x`` as a numpy array, or None when it is traced (inside jit/grad/vmap)."""
+    return np.asarray(x) if is_concrete(x) else None
+
+
+def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
+    """``value`` as a Python int; raise unless it is an integer (not a bool) in range.
+
+    Args:
+      value: a Python or numpy integer (a float such as ``256.7`` is refused).
+      name: the argument's name for the message.
+      minimum, maximum: inclusive bounds (None: unbounded).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
+    return int(value)
+
+
+def check_rank(x, name: str, ndim: int | Sequence[int], spec: str) -> None:
+    """Raise unless ``x`` has rank ``ndim`` (or one of several); ``spec`` names the
+    expected layout, e.g. ``"[B, D]"``."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if jnp.ndim(x) not in allowed:
+        raise ValueError(f"{name} must have shape {spec}, got shape {shape_str(shape_of(x))}")
+
+
+def check_float_dtype(x, name: str) -> None:
+    """Raise unless ``x`` has a floating-point dtype."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {dtype}")
+
+
+def check_finite(x, name: str) -> None:
+    """Raise if a concrete ``x`` holds NaN or ±inf (skipped when traced)."""
+    values = concrete_value(x)
+    if values is not None and values.size and not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite, got non-finite values")
+
+
+def check_positive(value, name: str) -> None:
+    """Raise unless every entry of a concrete ``value`` is finite and > 0."""
+    if is_concrete(value):
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+
+def check_in_range(value, name: str, low: float, high: float, *,
+                   low_open: bool = False, high_open: bool = False) -> None:
+    """Raise unless every entry of a concrete ``value`` lies in the interval
+    ``[low, high]`` (open ends with ``low_open``/``high_open``; NaN always fails)."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    ok = (arr > low if low_open else arr >= low) & (arr < high if high_open else arr <= high)
+    if arr.size and not np.all(ok):
+        interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+        bad = arr[~ok].ravel()[:3].tolist()
+        raise ValueError(f"{name} must lie in {interval}, got values such as {bad}")
+
+
+def check_unit_interval(t, name: str = "t") -> None:
+    """Raise if a concrete ``t`` has values outside ``[0, 1]`` (or NaN)."""
+    check_in_range(t, name, 0.0, 1.0)
+
+
+def per_sample(v, x):
+    """Reshape a per-sample ``[B]`` array to ``[B, 1, ..., 1]`` to scale ``x [B, ...]``."""
+    return jnp.reshape(v, (v.shape[0],) + (1,) * (jnp.ndim(x) - 1))
+
+
+def float_dtype(x):
+    """``x``'s dtype if floating, else the default float dtype."""
+    dtype = jnp.result_type(x)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)

@@ -1,10 +1,21 @@
 """Argument checks shared by every package: one copy, named errors, trace-time first.
 
-Policy for values under ``jit``. Shapes, ranks and dtypes are static, so they are
-always checked at trace time. Checks on *values* (ranges, finiteness) run only
-when the value is concrete (:func:`is_concrete`); inside ``jit``/``grad``/``vmap``
-they are skipped here, and each entry point documents what it does with a bad
-traced value instead.
+Policy for bad values. Shapes, ranks and dtypes are static, so they are always
+checked at trace time. Checks on *values* (ranges, finiteness, probabilities that sum
+to one) depend on the mode:
+
+* **eager** (the value is concrete, :func:`is_concrete`): raise ``ValueError`` naming
+  the argument;
+* **traced** (inside ``jit``/``grad``/``vmap``/``scan``, where raising is impossible):
+  the same condition is computed on device and the output is *poisoned* with
+  :func:`poison`: floating outputs become NaN, integer outputs −1, and where the
+  result is a structured type it carries a boolean ``valid`` field. Nothing
+  plausible comes out of bad input: NaN propagates into every downstream value, and
+  ``common.train.fit`` refuses a non-finite loss.
+
+One policy for every entry point, chosen over ``jax.experimental.checkify`` because it
+needs no wrapper around the caller's ``jit`` and works the same under ``vmap`` and on
+every backend.
 
 Every message names the argument and what was expected, for example
 ``x must have shape [B, D] = (8, 3), got shape (8, 4)``.
@@ -37,6 +48,7 @@ __all__ = [
     "float_dtype",
     "is_concrete",
     "per_sample",
+    "poison",
     "shape_of",
     "shape_str",
 ]
@@ -126,6 +138,30 @@ def check_in_range(value, name: str, low: float, high: float, *,
 def check_unit_interval(t, name: str = "t") -> None:
     """Raise if a concrete ``t`` has values outside ``[0, 1]`` (or NaN)."""
     check_in_range(t, name, 0.0, 1.0)
+
+
+def poison(tree, ok):
+    """``tree`` where ``ok`` holds, invalid values where it does not (the traced-value
+    policy above): floating leaves become NaN, integer leaves −1, booleans False.
+
+    Args:
+      tree: a pytree of arrays.
+      ok: a boolean scalar (or an array broadcastable to every leaf).
+
+    Example:
+        >>> values = poison(values, (gamma >= 0) & (gamma < 1))
+    """
+    def one(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            bad = jnp.array(jnp.nan, x.dtype)
+        elif jnp.issubdtype(x.dtype, jnp.bool_):
+            bad = jnp.array(False)
+        else:
+            bad = jnp.array(-1, x.dtype)
+        return jnp.where(ok, x, bad)
+
+    return jax.tree.map(one, tree)
 
 
 def per_sample(v, x):

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -70,6 +71,15 @@ def _leaf_table(tree, *, metadata: bool = False) -> dict[str, tuple]:
     return table
 
 
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint whose tree (leaf names, shapes, dtypes) differs from the
+    restore target: the model or the config changed since it was written."""
+
+
+class CheckpointUnreadable(RuntimeError):
+    """A checkpoint whose files are damaged or incomplete."""
+
+
 class Checkpointer:
     """An orbax ``CheckpointManager`` for one pytree (usually a ``TrainState``).
 
@@ -105,25 +115,32 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def _check_compatible(self, step: int, storable_target) -> None:
-        meta = self._manager.item_metadata(step)
-        meta_tree = getattr(meta, "tree", meta)
-        on_disk = _leaf_table(meta_tree, metadata=True)
+        try:
+            meta = self._manager.item_metadata(step)
+            meta_tree = getattr(meta, "tree", meta)
+            on_disk = _leaf_table(meta_tree, metadata=True) if meta_tree is not None else {}
+        except Exception as err:  # orbax raises many types on damaged files
+            raise CheckpointUnreadable(f"checkpoint step {step} in {self.directory}: its "
+                                       f"metadata cannot be read ({err})") from err
+        if not on_disk:
+            raise CheckpointUnreadable(f"checkpoint step {step} in {self.directory} has no "
+                                       "readable metadata (an interrupted or damaged write)")
         wanted = _leaf_table(storable_target)
         missing = sorted(set(wanted) - set(on_disk))
         extra = sorted(set(on_disk) - set(wanted))
         if missing or extra:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint step {step} in {self.directory} has a different tree structure "
                 f"from the restore target: missing on disk {missing[:5]}, "
                 f"not in target {extra[:5]}")
         for name, (want_shape, want_dtype) in wanted.items():
             have_shape, have_dtype = on_disk[name]
             if have_shape != want_shape:
-                raise ValueError(
+                raise CheckpointMismatch(
                     f"checkpoint step {step}: leaf {name} has shape {have_shape} on disk "
                     f"but {want_shape} in the restore target")
             if have_dtype is not None and have_dtype != want_dtype:
-                raise ValueError(
+                raise CheckpointMismatch(
                     f"checkpoint step {step}: leaf {name} has dtype {have_dtype} on disk "
                     f"but {want_dtype} in the restore target")
 
@@ -134,6 +151,7 @@ class Checkpointer:
         ``jax.ShapeDtypeStruct`` leaves). Raises ``FileNotFoundError`` when there is
         no checkpoint and ``ValueError`` when the stored tree does not match.
         """
+        self.wait()
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -144,14 +162,60 @@ class Checkpointer:
         storable = _to_storable(target)
         self._check_compatible(step, storable)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, storable)
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax and tensorstore raise many types
+            raise CheckpointUnreadable(f"checkpoint step {step} in {self.directory} cannot "
+                                       f"be read: {type(err).__name__}: {err}") from err
         return _from_storable(restored, target)
 
     def restore_or(self, target: Any) -> Any:
-        """The latest checkpoint restored into ``target``'s structure, or ``target``."""
-        if self.latest_step() is None:
+        """The newest checkpoint that restores into ``target``'s structure, or ``target``
+        when there is none.
+
+        A damaged newer checkpoint (truncated or missing files, say from a machine that
+        died mid-write) is skipped with a warning naming it and moved aside to
+        ``<step>.unreadable``, so training continues from the newest good one and can
+        write that step again.
+
+        Raises:
+          CheckpointMismatch: a readable checkpoint of another structure (the model or
+            config changed): never silently skipped.
+          CheckpointUnreadable: checkpoints exist but none can be read.
+        """
+        self.wait()  # a save still in flight is not a damaged checkpoint
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             return target
-        return self.restore(target)
+        bad: list[tuple[int, CheckpointUnreadable]] = []
+        for step in steps:
+            try:
+                restored = self.restore(target, step)
+            except CheckpointUnreadable as err:
+                bad.append((step, err))
+                continue
+            if bad:
+                self._set_aside([s for s, _ in bad])
+                names = "; ".join(str(err) for _, err in bad)
+                warnings.warn(f"resuming from checkpoint step {step}: newer checkpoints "
+                              f"could not be read and were moved aside ({names})",
+                              stacklevel=2)
+            return restored
+        raise CheckpointUnreadable(
+            f"no checkpoint in {self.directory} can be read (steps {steps}): "
+            + "; ".join(str(err) for _, err in bad)
+            + "; move the folder away (or run with --fresh) to start over")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Rename unreadable step folders to ``<step>.unreadable[-k]``, out of orbax's view."""
+        for step in steps:
+            path = os.path.join(self.directory, str(step))
+            target, k = f"{path}.unreadable", 1
+            while os.path.exists(target):
+                target, k = f"{path}.unreadable-{k}", k + 1
+            if os.path.exists(path):
+                os.replace(path, target)
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "check_fields",
     "check_finite",
     "check_float_dtype",
     "check_in_range",
@@ -138,6 +139,57 @@ def check_in_range(value, name: str, low: float, high: float, *,
 def check_unit_interval(t, name: str = "t") -> None:
     """Raise if a concrete ``t`` has values outside ``[0, 1]`` (or NaN)."""
     check_in_range(t, name, 0.0, 1.0)
+
+
+def check_fields(config, *, positive_ints=(), nonnegative_ints=(), positive=(),
+                 nonnegative=(), fractions=(), sizes=(), nonempty=()) -> None:
+    """Check named fields of a config dataclass; ``ValueError`` naming the first bad one.
+
+    Args:
+      config: the config (any object with the named attributes).
+      positive_ints: integers >= 1 (floats such as ``256.7`` and bools refused).
+      nonnegative_ints: integers >= 0.
+      positive: finite numbers > 0.
+      nonnegative: finite numbers >= 0.
+      fractions: finite numbers in ``[0, 1)`` (dropout rates, split fractions).
+      sizes: non-empty sequences of integers >= 1 (layer widths).
+      nonempty: non-empty sequences.
+
+    Example:
+        >>> check_fields(cfg, positive_ints=("steps", "batch_size"), fractions=("dropout",))
+    """
+    for name in positive_ints:
+        check_int(getattr(config, name), name, 1)
+    for name in nonnegative_ints:
+        check_int(getattr(config, name), name, 0)
+
+    def number(name: str, low: float, *, strict: bool, high: float | None = None) -> None:
+        value = getattr(config, name)
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool) and np.isfinite(value) and (value > low if strict else value >= low)
+        if ok and high is not None:
+            ok = value < high
+        if not ok:
+            bound = f"in [{low:g}, {high:g})" if high is not None else (
+                f"{'>' if strict else '>='} {low:g}")
+            raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+    for name in positive:
+        number(name, 0.0, strict=True)
+    for name in nonnegative:
+        number(name, 0.0, strict=False)
+    for name in fractions:
+        number(name, 0.0, strict=False, high=1.0)
+    for name in sizes:
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or not values:
+            raise ValueError(f"{name} must list at least one size, got {values!r}")
+        for i, value in enumerate(values):
+            check_int(value, f"{name}[{i}]", 1)
+    for name in nonempty:
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or not values:
+            raise ValueError(f"{name} must hold at least one entry, got {values!r}")
 
 
 def poison(tree, ok):

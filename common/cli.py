@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.recipe import ConfigError
+    from common.recipe import ConfigError, RunInterrupted
     from common.registry import UnknownNameError
 
     args = build_parser().parse_args(argv)
@@ -175,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, ConfigError) as err:
         print(f"jaxatlas {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        saved = ("no checkpoint yet" if stop.saved_step is None
+                 else f"saved step {stop.saved_step}")
+        print(f"interrupted; {saved} in {stop.run_dir}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_int
+
 
 def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
     """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), stratified split.
@@ -49,9 +51,14 @@ def sample_batch(arrays: dict[str, jax.Array], key: jax.Array, batch_size: int) 
     Returns:
       ``{name: [B, ...]}``.
     """
+    check_int(batch_size, "batch_size", 1)
+    if not arrays:
+        raise ValueError("arrays must hold at least one array")
     sizes = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"arrays must share their leading size, got {sizes}")
     n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("arrays are empty (leading size 0): there is nothing to sample")
     idx = jax.random.randint(key, (batch_size,), 0, n)
     return {name: jnp.take(a, idx, axis=0) for name, a in arrays.items()}

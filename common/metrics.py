@@ -54,6 +54,43 @@ class MetricsWriter:
                 if math.isfinite(float(value)):  # NaN means "none this step" (JSONL keeps it)
                     self._tb.add_scalar(name, float(value), int(step))
 
+    def truncate(self, step: int, *, prefix: str = "", eval_at_step: bool = False) -> int:
+        """Drop the JSONL rows a stopped run wrote after ``step`` (its last checkpoint),
+        so a resumed run does not log them twice; returns how many were dropped.
+
+        Args:
+          step: the step training resumes from.
+          prefix: only rows whose every metric name starts with ``prefix`` (one stage
+            of a multi-stage run, see ``common.recipe.PrefixedLogger``).
+          eval_at_step: also drop the evaluation rows (``eval/...``) at ``step`` itself,
+            for a run that evaluates again there.
+
+        TensorBoard event files are append-only; TensorBoard shows the later value.
+        """
+        self._file.flush()
+        kept, dropped = [], 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                names = [k for k in row if k != "step"]
+                ours = all(k.startswith(prefix) for k in names)
+                stale = row["step"] > step or (
+                    eval_at_step and row["step"] == step
+                    and all(k.startswith(prefix + "eval/") for k in names))
+                if ours and stale:
+                    dropped += 1
+                else:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            self._file.close()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+            self._file = open(self.path, "a", encoding="utf-8")
+        return dropped
+
     def flush(self) -> None:
         self._file.flush()
         if self._tb is not None:

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from common.checks import check_int
 from common.registry import Registry
 from common.tree import path_to_str
 
@@ -83,6 +85,41 @@ class OptimConfig:
     group_lr: tuple[tuple[str, float], ...] = ()
     accumulate_steps: int = 1
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that would break or silently
+        reverse training: unknown names, a non-finite or non-positive learning rate,
+        negative decay factors or group multipliers (they flip the update's sign)."""
+        OPTIMIZERS.get(self.name)
+        SCHEDULES.get(self.schedule)
+
+        def finite(value, name: str, low: float, strict: bool) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                math.isfinite(value) and (value > low if strict else value >= low))
+            if not ok:
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} "
+                                 f"{low:g}, got {value!r}")
+
+        finite(self.learning_rate, "learning_rate", 0.0, strict=True)
+        finite(self.end_factor, "end_factor", 0.0, strict=False)
+        finite(self.step_factor, "step_factor", 0.0, strict=True)
+        finite(self.weight_decay, "weight_decay", 0.0, strict=False)
+        if self.clip_norm is not None:
+            finite(self.clip_norm, "clip_norm", 0.0, strict=True)
+        check_int(self.warmup_steps, "warmup_steps", 0)
+        check_int(self.step_every, "step_every", 1)
+        check_int(self.accumulate_steps, "accumulate_steps", 1)
+        if self.total_steps is not None:
+            check_int(self.total_steps, "total_steps", 1)
+        for item in self.group_lr:
+            if len(item) != 2:
+                raise ValueError(f"group_lr entries must be (pattern, multiplier), got {item!r}")
+            try:
+                re.compile(item[0])
+            except re.error as err:
+                raise ValueError(f"group_lr pattern {item[0]!r} is not a valid regex: "
+                                 f"{err}") from None
+            finite(item[1], f"group_lr multiplier of {item[0]!r}", 0.0, strict=False)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -263,27 +300,6 @@ def _group_scaling(patterns: Sequence[tuple[str, float]]) -> optax.GradientTrans
 # ----------------------------------------------------------------------------- builder
 
 
-def _validate(config: OptimConfig) -> None:
-    OPTIMIZERS.get(config.name)
-    SCHEDULES.get(config.schedule)
-    if not config.learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
-    if config.weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
-    if config.clip_norm is not None and not config.clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0 or None, got {config.clip_norm}")
-    if int(config.accumulate_steps) != config.accumulate_steps or config.accumulate_steps < 1:
-        raise ValueError(f"accumulate_steps must be an integer >= 1, got "
-                         f"{config.accumulate_steps}")
-    for item in config.group_lr:
-        if len(item) != 2:
-            raise ValueError(f"group_lr entries must be (pattern, multiplier), got {item!r}")
-        try:
-            re.compile(item[0])
-        except re.error as err:
-            raise ValueError(f"group_lr pattern {item[0]!r} is not a valid regex: {err}") from None
-
-
 def build_optimizer(config: OptimConfig | None = None, **overrides) -> optax.GradientTransformation:
     """Build the optax transformation described by ``config`` (fields overridable by kwarg).
 
@@ -292,7 +308,7 @@ def build_optimizer(config: OptimConfig | None = None, **overrides) -> optax.Gra
       ``accumulate_steps > 1``; use its ``.init``/``.update`` the same way).
     """
     config = dataclasses.replace(config or OptimConfig(), **overrides)
-    _validate(config)
+    config.validate()
     schedule = build_schedule(config)
     mask = None
     if config.weight_decay:

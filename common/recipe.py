@@ -31,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -113,9 +115,21 @@ def _coerce(text: str, annotation, current):
         if not isinstance(value, list):
             value = [value]
         if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str):
-            value = [args[0](v) for v in value]
+            value = [_element(args[0], v) for v in value]
         return _tupled(value)
     return json.loads(text)
+
+
+def _element(kind: type, value):
+    """One element of a ``tuple[int | float | str, ...]`` field, without silent rounding
+    (``256.7`` is not an int)."""
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected integers, got {value!r}")
+        return int(value)
+    if kind is float and isinstance(value, bool):
+        raise ValueError(f"expected numbers, got {value!r}")
+    return kind(value)
 
 
 def _tupled(value):
@@ -144,13 +158,22 @@ def _set_path(config, parts: list[str], text: str, dotted: str):
     if len(parts) > 1:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"unknown config key {dotted!r}: {head!r} has no sub-keys")
-        return dataclasses.replace(config, **{head: _set_path(current, parts[1:], text, dotted)})
+        return _replace(config, dotted, **{head: _set_path(current, parts[1:], text, dotted)})
     hints = typing.get_type_hints(type(config))
     try:
         value = _coerce(text, hints.get(head, type(current)), current)
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         raise ConfigError(f"config key {dotted!r}: cannot parse {text!r}: {err}") from None
-    return dataclasses.replace(config, **{head: value})
+    return _replace(config, dotted, **{head: value})
+
+
+def _replace(config, dotted: str, **changes):
+    """``dataclasses.replace``, with a config's own construction-time check (a
+    ``__post_init__`` that raises) reported as a ``ConfigError`` naming the key."""
+    try:
+        return dataclasses.replace(config, **changes)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config key {dotted!r}: {err}") from None
 
 
 def _all_keys(config, prefix: str = "") -> list[str]:
@@ -198,6 +221,10 @@ class PrefixedLogger:
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         self.logger.write(step, {self.prefix + k: v for k, v in metrics.items()})
+
+    def truncate(self, step: int, *, eval_at_step: bool = False) -> int:
+        """Drop this stage's rows after ``step`` (see ``MetricsWriter.truncate``)."""
+        return self.logger.truncate(step, prefix=self.prefix, eval_at_step=eval_at_step)
 
     def flush(self) -> None:
         self.logger.flush()
@@ -274,6 +301,26 @@ class RunContext:
         self._checkpointers.append(ckpt)
         return ckpt
 
+    def history(self, prefix: str = "") -> list[tuple[int, dict[str, float]]]:
+        """The whole run's logged rows as ``(step, metrics)``, read back from
+        ``metrics.jsonl`` — including what a stopped run logged before it was resumed
+        (the in-memory history of ``fit`` holds only this process's part).
+
+        Args:
+          prefix: keep only metrics whose name starts with it, with the prefix removed
+            (the rows of one :class:`PrefixedLogger` stage).
+        """
+        from common.metrics import read_metrics
+
+        self.logger.flush()
+        rows = []
+        for row in read_metrics(self.logger.path):
+            metrics = {k[len(prefix):]: float(v) for k, v in row.items()
+                       if k != "step" and k.startswith(prefix)}
+            if metrics:
+                rows.append((int(row["step"]), metrics))
+        return rows
+
     def save_figure(self, fig, name: str) -> Path:
         """Save a matplotlib figure as ``<run_dir>/<name>.png`` and close it."""
         import matplotlib.pyplot as plt
@@ -293,16 +340,18 @@ class RunContext:
 
 
 def _resumable_run(root: Path, config_json: str) -> Path | None:
+    """The newest unfinished run folder (no ``summary.json``) whose config equals
+    ``config_json``, whatever ran since (other configs, failed attempts)."""
     if not root.is_dir():
         return None
-    candidates = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
-    if not candidates:
-        return None
-    latest = candidates[-1]
-    config_path = latest / "config.json"
-    if (latest / "summary.json").exists() or not config_path.exists():
-        return None
-    return latest if config_path.read_text(encoding="utf-8") == config_json else None
+    for candidate in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name,
+                            reverse=True):
+        config_path = candidate / "config.json"
+        if (candidate / "summary.json").exists() or not config_path.exists():
+            continue
+        if config_path.read_text(encoding="utf-8") == config_json:
+            return candidate
+    return None
 
 
 def _new_run_dir(root: Path) -> Path:
@@ -317,11 +366,43 @@ def _new_run_dir(root: Path) -> Path:
 
 
 def resolve_config(name: str, scale: str = "quick", overrides: Mapping[str, str] | None = None):
-    """The recipe and its config at ``scale`` with ``overrides`` applied."""
+    """The recipe and its config at ``scale`` with ``overrides`` applied and validated.
+
+    Raises:
+      ConfigError: for an unknown scale or key, an unparsable value, or a config whose
+        ``validate()`` (on it or any nested config) refuses a value.
+    """
     recipe = RECIPES.get(name)
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    return recipe, apply_overrides(recipe.configs[scale], overrides or {})
+    config = apply_overrides(recipe.configs[scale], overrides or {})
+    validate_config(config)
+    return recipe, config
+
+
+def validate_config(config, path: str = "") -> None:
+    """Call ``validate()`` on ``config`` and on every nested dataclass config that has
+    one, turning their ``ValueError`` into a ``ConfigError`` naming the key."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value, f"{path}{f.name}.")
+    check = getattr(config, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except (ValueError, TypeError, LookupError) as err:
+            where = f" ({path.rstrip('.')})" if path else ""
+            raise ConfigError(f"invalid config{where}: {err}") from None
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A recipe stopped by Ctrl-C: ``run_dir`` and the ``saved_step`` it resumes from
+    (None when no checkpoint was written)."""
+
+    def __init__(self, run_dir: Path, saved_step: int | None):
+        super().__init__(run_dir, saved_step)
+        self.run_dir, self.saved_step = run_dir, saved_step
 
 
 def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] | None = None,
@@ -329,29 +410,64 @@ def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] 
                progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Run recipe ``name`` and return ``(run_dir, summary)``.
 
-    The config is resolved (and every override checked) before any folder is made.
-    With ``resume``, an unfinished latest run of the same config is continued.
+    The config is resolved and validated (and ``runs_root`` checked) before any folder
+    is made. With ``resume``, the newest unfinished run of the same config is continued
+    in its folder (said on stderr). Ctrl-C stops at the next chunk boundary after a
+    checkpoint and raises :class:`RunInterrupted`.
     """
+    from common.train import Interrupted, deferred_interrupts
+
     recipe, config = resolve_config(name, scale, overrides)
+    root_parent = Path(runs_root)
+    if root_parent.exists() and not root_parent.is_dir():
+        raise ConfigError(f"--runs {os.fspath(runs_root)!r} is a file, not a folder")
     config_json = json.dumps({"recipe": name, "scale": scale, "config": config_to_dict(config)},
                              indent=2, sort_keys=True)
-    root = Path(runs_root) / name
+    root = root_parent / name
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{os.fspath(root)!r} is a file; recipe runs need a folder there")
     run_dir = _resumable_run(root, config_json) if resume else None
     resumed = run_dir is not None
-    if run_dir is None:
+    if resumed:
+        print(f"{name}: resuming the unfinished run in {run_dir}", file=sys.stderr, flush=True)
+    else:
         run_dir = _new_run_dir(root)
         _write_atomic(run_dir / "config.json", config_json)
     ctx = RunContext(run_dir, scale, progress=progress, resumed=resumed)
     try:
-        summary = recipe.run(ctx, config)
+        with deferred_interrupts():
+            summary = recipe.run(ctx, config)
+    except Interrupted as stop:
+        raise RunInterrupted(run_dir, stop.saved_step) from None
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, None) from None
     finally:
         ctx.close()
     summary = dict(summary)
     _write_atomic(run_dir / "summary.md", _summary_markdown(recipe, scale, summary, ctx.figures))
     _write_atomic(run_dir / "summary.json",
-                  json.dumps({"recipe": name, "scale": scale, "resumed": resumed,
-                              "figures": ctx.figures, **summary}, indent=2, default=_json_default))
+                  json.dumps(_json_ready({"recipe": name, "scale": scale, "resumed": resumed,
+                                          "figures": ctx.figures, **summary}),
+                             indent=2, allow_nan=False))
     return run_dir, summary
+
+
+def _json_ready(value):
+    """``value`` with NaN/±inf as None (strict JSON) and other non-JSON types as floats
+    or strings."""
+    if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
 
 
 def _json_default(value):

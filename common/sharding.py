@@ -69,12 +69,18 @@ def shard_batch(batch, mesh: Mesh):
       ValueError: if a leaf is a scalar or its leading dimension is not divisible by
         the size of the ``data`` axis (naming the leaf and both sizes).
     """
+    if DATA_AXIS not in mesh.shape:
+        raise ValueError(f"shard_batch needs a mesh with a {DATA_AXIS!r} axis (make_mesh); "
+                         f"this mesh has axes {tuple(mesh.shape)}")
     size = mesh.shape[DATA_AXIS]
 
     def place(path, x):
         if np.ndim(x) == 0:
             raise ValueError(f"batch leaf {jax.tree_util.keystr(path) or '<root>'} is a scalar; "
                              "every batch leaf needs a leading batch axis")
+        if np.shape(x)[0] == 0:
+            raise ValueError(f"batch leaf {jax.tree_util.keystr(path) or '<root>'} is empty "
+                             "(leading dimension 0)")
         if np.shape(x)[0] % size:
             raise ValueError(
                 f"batch leaf {jax.tree_util.keystr(path) or '<root>'} has leading dimension "
@@ -110,6 +116,12 @@ def param_shardings(tree, mesh: Mesh,
                 for dim, axis in zip(shape, spec, strict=False):
                     if axis is not None:
                         names = axis if isinstance(axis, tuple) else (axis,)
+                        unknown = [a for a in names if a not in mesh.shape]
+                        if unknown:
+                            raise ValueError(
+                                f"sharding rule {regex.pattern!r} names mesh axis "
+                                f"{unknown[0]!r}, which the mesh does not have; its axes: "
+                                f"{tuple(mesh.shape)}")
                         parts = int(np.prod([mesh.shape[a] for a in names]))
                         if dim % parts:
                             raise ValueError(

@@ -28,6 +28,10 @@ same batches and noise as an uninterrupted one and ends bitwise equal on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,7 +49,9 @@ BatchFn = Callable[[Any, jax.Array], Any]
 ChunkFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
 
 __all__ = [
+    "Interrupted",
     "TrainState",
+    "deferred_interrupts",
     "ema_update",
     "fit",
     "make_train_chunk",
@@ -346,8 +352,15 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
       history: if given, a list that receives ``(step, metrics)`` tuples.
 
     Returns:
-      The final state. Interrupting (KeyboardInterrupt) saves a checkpoint at the last
-      completed chunk and re-raises.
+      The final state.
+
+    Raises:
+      Interrupted: (a ``KeyboardInterrupt``) on Ctrl-C: the first Ctrl-C stops at the
+        end of the running chunk, logs it, evaluates if due and checkpoints; a second
+        one stops at once, keeping the last completed chunk. ``saved_step`` says where
+        the next run resumes.
+      FloatingPointError: when a chunk's ``loss`` is not finite (naming the step),
+        before that chunk is checkpointed.
     """
     check_int(num_steps, "num_steps", 0)
     check_int(chunk_size, "chunk_size", 1)
@@ -368,6 +381,12 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
     step = state_step(state)
     if step > num_steps:
         raise ValueError(f"restored state is at step {step}, beyond num_steps={num_steps}")
+    eval_due = (eval_fn is not None and bool(eval_every) and 0 < step < num_steps
+                and step % eval_every == 0)  # an evaluation a stop may have cut short
+    if logger is not None and hasattr(logger, "truncate"):
+        # rows a stopped run wrote after its last checkpoint (and the evaluation at it,
+        # which runs again below) would otherwise appear twice
+        logger.truncate(step, eval_at_step=eval_due)
     jit_kwargs = _jit_kwargs(True, state_shardings, data_shardings)
     chunks: dict[int, Callable] = {}
     bar = None
@@ -378,39 +397,49 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
     saved_at = step
     logged = [step]  # the last step whose metrics were written (a cell, see _log_rows)
     metrics, chunk_start = None, step
-    try:
-        while step < num_steps:
-            end = _chunk_end(step, chunk_size, num_steps, (checkpoint_every, eval_every))
-            length = end - step
-            if length not in chunks:
-                chunks[length] = jax.jit(chunk_fn(length), **jit_kwargs)
-            chunk_start = step
-            state, metrics = chunks[length](state, data)
-            last = _log_rows(metrics, chunk_start, steps_per_row, logged, logger, history)
-            step = end
-            if bar is not None:
-                bar.update(length)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:4]})
-            if on_chunk is not None:
-                _log_extra(on_chunk(state, step), step, logger, history)
-            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+    with deferred_interrupts() as interrupts:
+        try:
+            if eval_due:
                 _run_eval(eval_fn, state, step, logger, history)
-            if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
-                checkpointer.save(step, state)
-                saved_at = step
-    except KeyboardInterrupt:
-        # Keep what the device finished: the rest of the chunk's metrics, then the state.
-        # The step label comes from the state itself; a state whose buffers were already
-        # donated to a chunk still in flight is skipped (the last checkpoint stands).
-        if not _donated(state) and state_step(state) > logged[0] and metrics is not None:
-            _log_rows(metrics, chunk_start, steps_per_row, logged, logger, history)
-        if checkpointer is not None and not _donated(state) and state_step(state) != saved_at:
-            checkpointer.save(state_step(state), state, force=True)
-            checkpointer.wait()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+            while step < num_steps:
+                end = _chunk_end(step, chunk_size, num_steps, (checkpoint_every, eval_every))
+                length = end - step
+                if length not in chunks:
+                    chunks[length] = jax.jit(chunk_fn(length), **jit_kwargs)
+                chunk_start = step
+                state, metrics = chunks[length](state, data)
+                last = _log_rows(metrics, chunk_start, steps_per_row, logged, logger, history)
+                step = end
+                _check_finite_loss(metrics, chunk_start, steps_per_row)
+                if bar is not None:
+                    bar.update(length)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:4]})
+                if on_chunk is not None:
+                    _log_extra(on_chunk(state, step), step, logger, history)
+                if (eval_fn is not None and eval_every
+                        and (step % eval_every == 0 or step == num_steps)):
+                    _run_eval(eval_fn, state, step, logger, history)
+                if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
+                    checkpointer.save(step, state)
+                    saved_at = step
+                if interrupts.requested and step < num_steps:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # Keep what the device finished: the rest of the chunk's metrics, then the
+            # state. The step label comes from the state itself; a state whose buffers
+            # were already donated to a chunk still in flight is skipped (the last
+            # checkpoint stands).
+            if not _donated(state) and state_step(state) > logged[0] and metrics is not None:
+                _log_rows(metrics, chunk_start, steps_per_row, logged, logger, history)
+            if checkpointer is not None and not _donated(state) and state_step(state) != saved_at:
+                checkpointer.save(state_step(state), state, force=True)
+                saved_at = state_step(state)
+            if checkpointer is not None:
+                checkpointer.wait()
+            raise Interrupted(saved_at if checkpointer is not None else None) from None
+        finally:
+            if bar is not None:
+                bar.close()
     if eval_fn is not None and not eval_every:
         _run_eval(eval_fn, state, step, logger, history)
     if checkpointer is not None:
@@ -418,6 +447,67 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
             checkpointer.save(step, state, force=True)
         checkpointer.wait()
     return state
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; ``saved_step`` is the step of the last checkpoint
+    written (None without a checkpointer). Running the same code again resumes."""
+
+    def __init__(self, saved_step: int | None):
+        super().__init__(saved_step)
+        self.saved_step = saved_step
+
+
+class _InterruptFlag:
+    """Set by the deferred SIGINT handler (see :func:`deferred_interrupts`)."""
+
+    def __init__(self):
+        self.requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Turn the first Ctrl-C into a request that ``fit`` honours at the next chunk
+    boundary (after logging and checkpointing), so an interrupt never lands inside an
+    XLA compilation or a donated step; a second Ctrl-C interrupts at once.
+
+    Active only in the main thread; nested uses share the outer flag. Yields the flag
+    (``.requested``).
+    """
+    current = signal.getsignal(signal.SIGINT)
+    outer = getattr(current, "interrupt_flag", None)
+    if outer is not None or threading.current_thread() is not threading.main_thread():
+        yield outer or _InterruptFlag()
+        return
+    flag = _InterruptFlag()
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+        print("\ninterrupt: stopping after the current chunk (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    handler.interrupt_flag = flag
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, current)
+
+
+def _check_finite_loss(metrics, first_step: int, steps_per_row: int) -> None:
+    """Raise ``FloatingPointError`` naming the first step whose ``loss`` is not finite
+    (checked before the chunk is checkpointed, so a diverged state is never saved)."""
+    if "loss" not in metrics:
+        return
+    loss = np.asarray(jax.device_get(metrics["loss"]))
+    bad = np.flatnonzero(~np.isfinite(loss))
+    if bad.size:
+        raise FloatingPointError(
+            f"non-finite loss {loss[bad[0]]} at step {first_step + (bad[0] + 1) * steps_per_row}; "
+            "the state of this chunk was not checkpointed (lower the learning rate, check the "
+            "data, or look for invalid inputs: bad traced values are poisoned with NaN)")
 
 
 def _log_rows(metrics, first_step: int, steps_per_row: int, logged: list[int], logger,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.checks import check_fields
 from common.optim import OptimConfig, build_optimizer
 from common.recipe import default_total_steps
 from common.train import TrainState, fit, train_step_fn
@@ -43,6 +44,10 @@ class TrainConfig:
     ema_decay: float = 0.99
     optim: OptimConfig = OptimConfig(name="adam", learning_rate=2e-3, schedule="cosine",
                                      warmup_steps=100, end_factor=0.05, clip_norm=1.0)
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("steps", "batch_size", "chunk_size",
+                                          "checkpoint_every"), fractions=("ema_decay",))
 
 
 def net_apply(graphdef, params, rest, x, t, *, deterministic=True, rngs=None):

@@ -16,8 +16,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from common.checks import check_fields
 from common.data import load_digits_split, sample_batch
 from common.nn import MLP
+from common.nn.mlp import get_activation
 from common.optim import OptimConfig, build_optimizer
 from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.train import TrainState, fit, train_step_fn
@@ -39,6 +41,14 @@ class DigitsConfig:
     test_fraction: float = 0.2
     optim: OptimConfig = OptimConfig(name="adamw", learning_rate=2e-3, schedule="cosine",
                                      warmup_steps=100, weight_decay=1e-4, clip_norm=1.0)
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("batch_size", "steps", "chunk_size", "eval_every",
+                                          "checkpoint_every"),
+                     nonnegative_ints=("seed",), fractions=("dropout",), sizes=("hidden",))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        get_activation(self.activation)
 
 
 def make_model(cfg: DigitsConfig, key: jax.Array) -> MLP:
@@ -154,12 +164,11 @@ def train_digits(cfg: DigitsConfig, *, logger=None, checkpointer=None, progress=
     full=DigitsConfig(steps=6000, hidden=(512, 512), checkpoint_every=1000),
 )
 def digits_mlp(ctx: RunContext, cfg: DigitsConfig) -> dict:
-    history: list = []
     t0 = time.perf_counter()
     state, predict, data = train_digits(cfg, logger=ctx.logger,
-                                        checkpointer=ctx.checkpointer(),
-                                        progress=ctx.progress, history=history)
+                                        checkpointer=ctx.checkpointer(), progress=ctx.progress)
     seconds = time.perf_counter() - t0
+    history = ctx.history()  # the whole run, a resumed one included
     y_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_test"])))
     ctx.save_figure(_learning_curve(history, cfg.steps), "learning_curve")
     ctx.save_figure(_confusion(data["y_test"], y_pred), "confusion_matrix")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields
 from common.optim import OptimConfig
 from common.recipe import RunContext, plot_smoothed, register_recipe
 from generative.data import ncsn_mixture
@@ -52,6 +53,15 @@ class NCSNToyConfig:
         steps=2000, batch_size=256, chunk_size=500, checkpoint_every=1000, ema_decay=0.99,
         optim=OptimConfig(name="adam", learning_rate=2e-3, schedule="cosine",
                           warmup_steps=100, end_factor=0.05, clip_norm=1.0))
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("n_samples", "langevin_steps", "num_levels",
+                                          "steps_each", "hidden", "depth"),
+                     nonnegative_ints=("seed",), positive=("init_range", "langevin_step",
+                                                           "sigma_max", "sigma_min", "step_lr"))
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max "
+                             f"({self.sigma_max})")
 
 
 def _weight(x) -> float:
@@ -142,12 +152,12 @@ def ncsn_toy(ctx: RunContext, cfg: NCSNToyConfig) -> dict:
 
         return loss_fn
 
-    history: list = []
     state = train_score_net(
         model, loss_factory, cfg.train, key=train_key, data=jnp.zeros(()),
         batch_fn=lambda _, k: {"x": mix.sample(k, cfg.train.batch_size)},
         logger=ctx.logger, checkpointer=ctx.checkpointer(), progress=ctx.progress,
-        desc="ncsn-toy", history=history)
+        desc="ncsn-toy")
+    history = ctx.history()  # the whole run, a resumed one included
     graphdef, params, rest = state.graphdef, state.ema, state.rest
 
     @jax.jit

@@ -29,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields
 from common.data import sample_batch
 from common.optim import OptimConfig
 from common.recipe import PrefixedLogger, RunContext, plot_smoothed, register_recipe
 from generative.data import (
+    TOY_DATASETS,
     GaussianMixture,
     checkerboard_log_prob,
     eight_gaussians,
@@ -43,7 +45,7 @@ from generative.likelihood import log_likelihood
 from generative.metrics import mmd_rbf, sliced_wasserstein
 from generative.models import init_score_net
 from generative.sampling import max_pairwise_distance
-from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.sde import SDES, VESDE, VPSDE, subVPSDE
 from generative.training import (
     TrainConfig,
     batched_log_likelihood,
@@ -89,6 +91,17 @@ class SDE2DConfig:
         steps=4000, batch_size=256, chunk_size=500, checkpoint_every=2000, ema_decay=0.995,
         optim=OptimConfig(name="adam", learning_rate=4e-3, schedule="cosine",
                           warmup_steps=200, end_factor=0.05, clip_norm=1.0))
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("n_train", "n_test", "n_samples", "sampling_steps",
+                                          "nll_batch", "density_grid", "hidden", "depth"),
+                     nonnegative_ints=("seed",), positive=("snr", "ode_tol", "beta_min",
+                                                           "beta_max", "sigma_min", "data_std"),
+                     nonnegative=("sigma_max",), nonempty=("datasets", "sdes"))
+        for name in self.datasets:
+            TOY_DATASETS.get(name)
+        for name in self.sdes:
+            SDES.get(name)
 
 
 _FLOOR_DRAWS = 5
@@ -261,7 +274,6 @@ def sde_2d(ctx: RunContext, cfg: SDE2DConfig) -> dict:
             init_key, train_key = jax.random.split(mkey)
             model = init_score_net("mlp", init_key, dim=2, hidden=cfg.hidden, depth=cfg.depth,
                                    embed_dim=64, embedding="fourier", embedding_scale=4.0)
-            history: list = []
             batch = cfg.train.batch_size
             state = train_score_net(
                 model, sde_loss_factory(sde, likelihood_weighting=cfg.likelihood_weighting,
@@ -270,8 +282,8 @@ def sde_2d(ctx: RunContext, cfg: SDE2DConfig) -> dict:
                 batch_fn=lambda data, k, batch=batch: sample_batch(data, k, batch),
                 logger=PrefixedLogger(ctx.logger, f"{tag}/"),
                 checkpointer=ctx.checkpointer(f"checkpoints_{tag}"),
-                progress=ctx.progress, desc=tag, history=history)
-            histories[tag] = history
+                progress=ctx.progress, desc=tag)
+            histories[tag] = ctx.history(prefix=f"{tag}/")  # a resumed run's rows included
             params, rest, graphdef = state.ema, state.rest, state.graphdef
             ekey = jax.random.fold_in(eval_key, 10 * di + si)
             k_pc, k_ode, k_nll = jax.random.split(ekey, 3)

@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields
 from common.optim import OptimConfig
 from common.recipe import RunContext, plot_smoothed, register_recipe
 from generative.data import from_model_space, load_digits_images, load_fashion_mnist
-from generative.likelihood import bits_per_dim, uniform_dequantize
+from generative.likelihood import DIVERGENCES, bits_per_dim, uniform_dequantize
 from generative.models import init_score_net
-from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.sampling import CORRECTORS, PREDICTORS
+from generative.sde import SDES, VESDE, VPSDE, subVPSDE
 from generative.training import (
     TrainConfig,
     batched_log_likelihood,
@@ -78,6 +80,22 @@ class DigitsSDEConfig:
         steps=1000, batch_size=32, chunk_size=250, checkpoint_every=500, ema_decay=0.99,
         optim=OptimConfig(name="adam", learning_rate=2e-3, schedule="cosine",
                           warmup_steps=100, end_factor=0.05, clip_norm=1.0))
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("channels", "num_res_blocks", "heads", "grid_size",
+                                          "sampling_steps", "nll_examples", "nll_batch"),
+                     nonnegative_ints=("seed",), positive=("sigma_max", "data_std", "snr",
+                                                           "ode_tol", "nll_tol"),
+                     fractions=("dropout",), sizes=("channel_mult",))
+        if self.dataset not in ("digits", "fashion_mnist"):
+            raise ValueError(f"dataset must be 'digits' or 'fashion_mnist', got "
+                             f"{self.dataset!r}")
+        SDES.get(self.sde)
+        PREDICTORS.get(self.predictor)
+        CORRECTORS.get(self.corrector)
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got "
+                             f"{self.divergence!r}")
 
 
 def load_images(cfg: DigitsSDEConfig) -> dict:
@@ -189,11 +207,11 @@ def sde_digits(ctx: RunContext, cfg: DigitsSDEConfig) -> dict:
         u = uniform_dequantize(u_key, jnp.take(images, idx, axis=0), n_bins)
         return {"x": 2.0 * u - 1.0}
 
-    history: list = []
     state = train_score_net(model, sde_loss_factory(sde, data_std=data_std), cfg.train,
                             key=train_key, data=x_train, batch_fn=batch_fn,
                             logger=ctx.logger, checkpointer=ctx.checkpointer(),
-                            progress=ctx.progress, desc="sde-digits", history=history)
+                            progress=ctx.progress, desc="sde-digits")
+    history = ctx.history()  # the whole run, a resumed one included
     params, rest, graphdef = state.ema, state.rest, state.graphdef
     train_seconds = time.perf_counter() - t0
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields
 from common.metrics import read_metrics, series
 from common.recipe import RunContext, register_recipe
 from rl.ddpg import DDPGConfig, ddpg_config, make_agent, td3_config, train_seeds
@@ -42,6 +43,10 @@ class DDPGRecipeConfig:
     seed: int = 0
     periods_per_chunk: int = 5
     shard_seeds: bool = True
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("num_seeds", "periods_per_chunk"),
+                     nonnegative_ints=("seed",))
 
 
 def random_policy_return(env, key: jax.Array, episodes: int = 16) -> float:
@@ -129,8 +134,11 @@ def run_ddpg_recipe(ctx: RunContext, cfg: DDPGRecipeConfig, title: str) -> tuple
         "env_steps": total_steps,
         "num_seeds": cfg.num_seeds,
         "wall_seconds": result.wall_seconds,
-        "env_steps_per_second": (total_steps - result.start_step) * cfg.num_seeds
-        / result.wall_seconds,
+        # measured over the steps this process ran (None when it only restored a
+        # finished run); compilation included
+        "env_steps_per_second": ((total_steps - result.start_step) * cfg.num_seeds
+                                 / result.wall_seconds
+                                 if total_steps > result.start_step else None),
         "random_policy_return": random_return,
         "devices_used": 1 if mesh is None else int(mesh.shape["data"]),
     }

@@ -35,11 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.checks import check_fields, check_positive
 from common.data import sample_batch
 from common.metrics import read_metrics, series
 from common.optim import OptimConfig, build_optimizer
 from common.recipe import PrefixedLogger, RunContext, default_total_steps, register_recipe
 from common.train import TrainState, fit, train_step_fn
+from rl.preference.losses import PREFERENCE_LOSSES
 from rl.preference.model import (
     CausalLM,
     LMConfig,
@@ -135,24 +137,34 @@ class DPOFrontierConfig:
     dpo_optim: OptimConfig = OptimConfig(name="adam", learning_rate=5e-4)
     rlhf_optim: OptimConfig = OptimConfig(name="adam", learning_rate=5e-4)
 
+    def validate(self) -> None:
+        check_fields(self, positive_ints=(
+            "d_model", "num_layers", "num_heads", "mlp_dim", "sft_steps", "sft_batch", "rm_steps",
+            "rm_batch", "dpo_steps", "dpo_batch", "rlhf_steps", "rlhf_prompts", "eval_every",
+            "eval_prompts", "oracle_samples", "chunk_size"), nonnegative_ints=("seed",),
+            nonempty=("kl_checkpoints",))
+        if self.rlhf_reward not in ("model", "true"):
+            raise ValueError(f"rlhf_reward must be 'model' or 'true', got {self.rlhf_reward!r}")
+        if not self.dpo_betas or not self.rlhf_kl_coefs:
+            raise ValueError("dpo_betas and rlhf_kl_coefs must each hold at least one value")
+        check_positive(self.dpo_betas, "dpo_betas")
+        check_positive(self.rlhf_kl_coefs, "rlhf_kl_coefs")
+        PREFERENCE_LOSSES.get(self.dpo_loss_type)
+        for name in ("dpo_optim", "rlhf_optim"):
+            if getattr(self, name).clip_norm is not None:
+                raise ValueError(f"{name}.clip_norm must be None: global-norm clipping would "
+                                 "couple the members of a vmapped sweep")
+        if self.num_pairs < 20:
+            raise ValueError(f"num_pairs must be >= 20, got {self.num_pairs}")
+        if self.rlhf_samples < 2:
+            raise ValueError(f"rlhf_samples must be >= 2 (a leave-one-out baseline), got "
+                             f"{self.rlhf_samples}")
+
 
 def _with_total(optim: OptimConfig, steps: int) -> OptimConfig:
     """``total_steps`` defaults to the stage's steps; warm-up at most a fifth of them."""
     optim = default_total_steps(optim, steps)
     return dataclasses.replace(optim, warmup_steps=min(optim.warmup_steps, steps // 5))
-
-
-def _check_config(cfg: DPOFrontierConfig) -> None:
-    if cfg.rlhf_reward not in ("model", "true"):
-        raise ValueError(f"rlhf_reward must be 'model' or 'true', got {cfg.rlhf_reward!r}")
-    if not cfg.dpo_betas or not cfg.rlhf_kl_coefs:
-        raise ValueError("dpo_betas and rlhf_kl_coefs must each hold at least one value")
-    for name in ("dpo_optim", "rlhf_optim"):
-        if getattr(cfg, name).clip_norm is not None:
-            raise ValueError(f"{name}.clip_norm must be None: global-norm clipping would "
-                             "couple the members of a vmapped sweep")
-    if cfg.num_pairs < 20:
-        raise ValueError(f"num_pairs must be >= 20, got {cfg.num_pairs}")
 
 
 def _lm_config(cfg: DPOFrontierConfig) -> LMConfig:
@@ -290,7 +302,7 @@ def run_frontier(ctx: RunContext | None, cfg: DPOFrontierConfig, *, logger=None,
     With ``ctx`` (a recipe run) stages checkpoint into the run folder and metrics go to
     ``ctx.logger``; without it nothing is written (tests).
     """
-    _check_config(cfg)
+    cfg.validate()
     task = cfg.task
     timings = {}
     keys = dict(zip(("sft", "pairs", "rm", "dpo", "rlhf", "eval", "prompts", "heldout"),

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields, check_in_range
 from common.recipe import RunContext, register_recipe
 from rl import dp, monte_carlo
 from rl.envs.gridworld import GridWorld, book_2x2, book_5x5, one_hot_policy, plot_gridworld
@@ -91,6 +92,12 @@ class GridworldDPConfig:
     max_iters: int = 1000
     truncation_steps: tuple[int, ...] = (1, 3, 6, 100)
     reward_shift: float = 1.0
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("max_iters",), positive=("tol",),
+                     sizes=("truncation_steps",), nonempty=("gammas", "r_forbiddens"))
+        for gamma in self.gammas:
+            check_in_range(gamma, "gammas", 0.0, 1.0, high_open=True)
 
 
 def _dp_optimal_figure(results, cfg):
@@ -265,6 +272,16 @@ class GridworldMCConfig:
     eps_values: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5)
     eps_seeds: int = 2
     eps_memory: float = 0.9
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("max_episode_length", "basic_iterations", "episodes",
+                                          "episode_length", "batch", "eps_seeds"),
+                     nonnegative_ints=("seed", "tail"), sizes=("snapshot_lengths",),
+                     nonempty=("es_memories", "eps_values"))
+        check_in_range(self.gamma, "gamma", 0.0, 1.0, high_open=True)
+        check_in_range(self.eps_values, "eps_values", 0.0, 1.0)
+        check_in_range(self.es_memories, "es_memories", 0.0, 1.0, low_open=True)
+        check_in_range(self.eps_memory, "eps_memory", 0.0, 1.0, low_open=True)
 
 
 def _mc_basic_figure(world, sweep, lengths, snapshot_lengths):

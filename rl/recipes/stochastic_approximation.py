@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.checks import check_fields
 from common.recipe import RunContext, register_recipe
 from rl import stochastic_approximation as sa
 
@@ -60,6 +61,12 @@ class StochasticApproximationConfig:
     gd_steps: int = 30
     batch_sizes: tuple[int, ...] = (1, 5, 50)
     constant_alpha: float = 0.1
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("rm_steps", "rm_seeds", "num_samples", "gd_steps"),
+                     nonnegative_ints=("seed",), positive=("cubic_step_scale", "square_side",
+                                                           "constant_alpha"),
+                     nonnegative=("noise_std",), sizes=("batch_sizes",))
 
 
 def _rm_figure(cubic, cubic_root, tanh_clean, tanh_noisy, cfg):

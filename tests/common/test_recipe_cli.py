@@ -165,7 +165,9 @@ def test_digits_mlp_interrupted_then_resumed_reaches_target(tmp_path):
             break
         time.sleep(0.05)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0, f"run finished before it could be interrupted:\n{out}"
+    assert proc.returncode == 130, f"run not stopped by the interrupt:\n{out}"
+    assert "interrupted; saved step" in out and "run the same command to resume" in out
+    assert "Traceback" not in out
     run_dir = next(ckpt_root.iterdir())
     assert not (run_dir / "summary.json").exists()
     interrupted_at = max(int(p.name) for p in (run_dir / "checkpoints").iterdir()
@@ -183,6 +185,8 @@ def test_digits_mlp_interrupted_then_resumed_reaches_target(tmp_path):
     assert max(int(p.name) for p in (run_dir / "checkpoints").iterdir()
                if p.name.isdigit()) == 1500
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    logged = {row["step"] for row in rows if "loss" in row}
-    assert logged == set(range(1, 1501))  # every step logged once or more, none missing
+    logged = [row["step"] for row in rows if "loss" in row]
+    assert sorted(logged) == list(range(1, 1501))  # every step logged exactly once
+    evals = [row["step"] for row in rows if "eval/test_accuracy" in row]
+    assert sorted(evals) == list(range(100, 1501, 100))  # every evaluation exactly once
     assert np.isfinite([row["loss"] for row in rows if "loss" in row]).all()

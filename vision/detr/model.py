@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.checks import shape_of, shape_str
+from common.checks import check_fields, shape_of, shape_str
 from common.nn import (
     MLP,
     Decoder,
@@ -114,6 +114,18 @@ class DETRConfig:
     dropout_rate: float = 0.1
     backbone: ResNetConfig = BackboneConfig()
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field DETR cannot be built with."""
+        check_fields(self, positive_ints=("num_classes", "num_queries", "d_model", "num_heads",
+                                          "num_encoder_layers", "num_decoder_layers",
+                                          "mlp_dim"), fractions=("dropout_rate",))
+        if self.d_model % 4 != 0:
+            raise ValueError(f"d_model must be divisible by 4 (sine encoding of 2 axes), got "
+                             f"{self.d_model}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads "
+                             f"({self.num_heads})")
+
 
 class DETR(nnx.Module):
     """DEtection TRansformer: set prediction of ``Q`` (class, box) pairs per image.
@@ -143,12 +155,7 @@ class DETR(nnx.Module):
     """
 
     def __init__(self, config: DETRConfig, *, rngs: nnx.Rngs):
-        if config.num_classes < 1 or config.num_queries < 1:
-            raise ValueError(f"need num_classes >= 1 and num_queries >= 1, got "
-                             f"{config.num_classes}, {config.num_queries}")
-        if config.d_model % 4 != 0:
-            raise ValueError(f"d_model must be divisible by 4 (sine encoding of 2 axes), got "
-                             f"{config.d_model}")
+        config.validate()
         self.config = config
         d = config.d_model
         self.backbone = ResNet(config.backbone, rngs=rngs)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.checks import check_fields
 from common.optim import OptimConfig, build_optimizer
 from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.train import TrainState, fit, train_step_fn
@@ -41,6 +42,7 @@ from vision.detr import (
     postprocess,
     set_criterion,
 )
+from vision.matching import MATCHERS
 from vision.shapes import CLASSES, ShapesData, generate_shapes, pixel_mask
 
 __all__ = ["DetrShapesConfig", "evaluate", "make_batch_fn", "make_loss_fn", "make_predict",
@@ -87,6 +89,30 @@ class DetrShapesConfig:
     coco_backend: str = "pycocotools"
     overlay_images: int = 12
     overlay_threshold: float = 0.5
+
+    def validate(self) -> None:
+        check_fields(self, positive_ints=("image_size", "min_image_size", "max_objects",
+                                          "min_shape", "max_shape", "num_train", "num_val",
+                                          "batch_size", "steps", "chunk_size", "eval_every",
+                                          "checkpoint_every", "eval_batch"),
+                     nonnegative_ints=("seed", "overlay_images"),
+                     fractions=("overlay_threshold",))
+        if not self.min_image_size <= self.image_size:
+            raise ValueError(f"min_image_size ({self.min_image_size}) must not exceed "
+                             f"image_size ({self.image_size})")
+        if not self.min_shape <= self.max_shape < self.min_image_size:
+            raise ValueError(f"need min_shape <= max_shape < min_image_size, got "
+                             f"{self.min_shape}, {self.max_shape}, {self.min_image_size}")
+        if self.model.num_classes != len(CLASSES):
+            raise ValueError(f"model.num_classes must be {len(CLASSES)} for the shapes set, "
+                             f"got {self.model.num_classes}")
+        crit = self.criterion
+        check_fields(crit, nonnegative=("cost_class", "cost_bbox", "cost_giou", "weight_ce",
+                                        "weight_bbox", "weight_giou", "eos_coef"))
+        MATCHERS.get(crit.matcher)
+        if self.coco_backend not in ("pycocotools", "faster_coco_eval"):
+            raise ValueError(f"coco_backend must be 'pycocotools' or 'faster_coco_eval', got "
+                             f"{self.coco_backend!r}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -196,6 +222,7 @@ def train_detr_shapes(cfg: DetrShapesConfig, *, logger=None, checkpointer=None,
     Returns:
       ``(state, predict, val_data, val_metrics, predictions)``.
     """
+    cfg.validate()
     optim = default_total_steps(cfg.optim, cfg.steps)
     shape_kw = dict(image_size=cfg.image_size, min_image_size=cfg.min_image_size,
                     max_objects=cfg.max_objects, min_shape=cfg.min_shape,
@@ -203,9 +230,6 @@ def train_detr_shapes(cfg: DetrShapesConfig, *, logger=None, checkpointer=None,
     train = generate_shapes(cfg.num_train, seed=cfg.seed, **shape_kw)
     val = generate_shapes(cfg.num_val, seed=cfg.seed + 1, **shape_kw)
     gt = ground_truth(val)
-    if cfg.model.num_classes != len(CLASSES):
-        raise ValueError(f"model.num_classes must be {len(CLASSES)} for the shapes set, got "
-                         f"{cfg.model.num_classes}")
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     model = DETR(cfg.model, rngs=nnx.Rngs(params=init_key, dropout=init_key))
     tx = build_optimizer(optim)
@@ -309,12 +333,11 @@ def _learning_curve(history):
                                                     learning_rate=5e-4, warmup_steps=1000)),
 )
 def detr_shapes(ctx: RunContext, cfg: DetrShapesConfig) -> dict:
-    history: list = []
     t0 = time.perf_counter()
     state, _predict, val, metrics, predictions = train_detr_shapes(
-        cfg, logger=ctx.logger, checkpointer=ctx.checkpointer(), progress=ctx.progress,
-        history=history)
+        cfg, logger=ctx.logger, checkpointer=ctx.checkpointer(), progress=ctx.progress)
     seconds = time.perf_counter() - t0
+    history = ctx.history()  # the whole run, a resumed one included
     ctx.save_figure(_overlays(val, predictions, cfg.overlay_images, cfg.overlay_threshold),
                     "predictions")
     ctx.save_figure(_learning_curve(history), "learning_curve")

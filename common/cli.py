@@ -1,7 +1,7 @@
 """The ``jaxatlas`` command line.
 
     jaxatlas list                                  recipes and benchmarks
-    jaxatlas run NAME [--scale quick|full] [--set key=value ...] [--fresh]
+    jaxatlas run NAME [--scale quick|full] [--set key=value ...] [--fresh] [--show-config]
     jaxatlas tour [--scale quick|full]             every recipe, one report
     jaxatlas bench [NAME ...]                      benchmarks → runs/bench/*.json
 
@@ -19,7 +19,9 @@ import datetime
 import importlib
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 import traceback
 from importlib.metadata import entry_points
@@ -45,34 +47,53 @@ def load_plugins(group: str) -> list[str]:
     return loaded
 
 
+def _wrapped(name: str, text: str, width: int) -> str:
+    """``name`` then ``text`` wrapped under itself at the terminal's width."""
+    indent = " " * 30
+    lines = textwrap.wrap(text, width=max(40, width - len(indent))) or [""]
+    return "\n".join([f"  {name:27s} {lines[0]}", *(indent + line for line in lines[1:])])
+
+
 def _cmd_list(args) -> int:
     from common.bench import BENCHMARKS
     from common.recipe import RECIPES
 
     load_plugins("jaxatlas.recipes")
     load_plugins("jaxatlas.benchmarks")
-    print("recipes:")
+    width = shutil.get_terminal_size((100, 24)).columns
+    print("recipes (jaxatlas run NAME; jaxatlas run NAME --show-config lists its --set keys):")
     for name, recipe in RECIPES.items():
-        print(f"  {name:28s} {recipe.description}")
-    print("benchmarks:")
+        print(_wrapped(name, recipe.description, width))
+    print("benchmarks (jaxatlas bench NAME):")
     for name, bench in BENCHMARKS.items():
-        print(f"  {name:28s} {bench.description}")
+        print(_wrapped(name, bench.description, width))
     return 0
 
 
+def _print_summary(summary: dict, indent: str = "  ") -> None:
+    from common.recipe import format_cell
+
+    for key, value in summary.items():
+        if not isinstance(value, dict):
+            print(f"{indent}{key}: {format_cell(value)}")
+
+
 def _cmd_run(args) -> int:
-    from common.recipe import parse_set_args, run_recipe
+    from common.recipe import config_lines, parse_set_args, resolve_config, run_recipe
 
     load_plugins("jaxatlas.recipes")
     overrides = parse_set_args(args.set or [])
+    if args.show_config:
+        recipe, config = resolve_config(args.name, args.scale, overrides)
+        print(f"{recipe.name} ({args.scale}): {recipe.description}")
+        print("\n".join("  " + line for line in config_lines(config)))
+        return 0
     t0 = time.perf_counter()
     run_dir, summary = run_recipe(args.name, scale=args.scale, overrides=overrides,
                                   runs_root=args.runs, resume=not args.fresh,
                                   progress=not args.no_progress)
     print(f"{args.name}: {time.perf_counter() - t0:.1f}s → {run_dir}")
-    for key, value in summary.items():
-        if not isinstance(value, (dict, list)):
-            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    _print_summary(summary)
     return 0
 
 
@@ -86,9 +107,14 @@ def _cmd_tour(args) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     report_dir = Path(args.runs) / "tour" / stamp
     report_dir.mkdir(parents=True, exist_ok=True)
-    sections, failures = [], []
-    for name in names:
-        print(f"== {name} ({args.scale})", flush=True)
+    sections, failures, times = [], [], {}
+    start = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        done = time.perf_counter() - start
+        left = "" if i == 1 else (f", about {done / (i - 1) * (len(names) - i + 1) / 60:.0f} "
+                                  f"min left at this pace")
+        print(f"[{i}/{len(names)}] {name} ({args.scale}; {done / 60:.1f} min so far{left})",
+              flush=True)
         t0 = time.perf_counter()
         try:
             run_dir, summary = run_recipe(name, scale=args.scale, runs_root=args.runs,
@@ -98,29 +124,39 @@ def _cmd_tour(args) -> int:
             failures.append(name)
             sections.append(f"## {name}\n\nFAILED, see the log above.\n")
             continue
-        seconds = time.perf_counter() - t0
-        print(f"   {seconds:.1f}s → {run_dir}", flush=True)
-        sections.append(_tour_section(name, run_dir, summary, seconds, report_dir))
+        times[name] = time.perf_counter() - t0
+        print(f"   {times[name]:.1f}s → {run_dir}", flush=True)
+        _print_summary(summary, indent="   ")
+        sections.append(_tour_section(RECIPES.get(name), run_dir, summary, times[name],
+                                      report_dir))
+    total = time.perf_counter() - start
     header = [f"# jaxatlas tour ({args.scale})", "",
-              f"{len(names) - len(failures)} of {len(names)} recipes ran.", ""]
-    (report_dir / "report.md").write_text("\n".join(header + sections), encoding="utf-8")
-    print(f"report: {report_dir / 'report.md'}")
+              f"{len(names) - len(failures)} of {len(names)} recipes ran in "
+              f"{total / 60:.1f} minutes.", "",
+              "| recipe | wall time | the README's claim |", "| --- | --- | --- |"]
+    header += [f"| [{n}](#{n}) | {times[n]:.0f} s | {RECIPES.get(n).claim or '—'} |"
+               if n in times else f"| {n} | FAILED | {RECIPES.get(n).claim or '—'} |"
+               for n in names]
+    (report_dir / "report.md").write_text("\n".join([*header, "", *sections]),
+                                          encoding="utf-8")
+    print(f"report: {report_dir / 'report.md'} ({total / 60:.1f} min)")
     return 1 if failures else 0
 
 
-def _tour_section(name: str, run_dir: Path, summary: dict, seconds: float,
+def _tour_section(recipe, run_dir: Path, summary: dict, seconds: float,
                   report_dir: Path) -> str:
+    from common.recipe import format_cell
+
     rel = Path(os.path.relpath(run_dir, report_dir))
-    lines = [f"## {name}", "", f"[{run_dir}]({rel / 'summary.md'}), {seconds:.1f} s", "",
-             "| figure | value |", "| --- | --- |"]
-    for key, value in summary.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, default=str)
-        lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float)
-                     else f"| {key} | {value} |")
+    lines = [f"## {recipe.name}", "", recipe.description, "",
+             f"[{run_dir}]({rel / 'summary.md'}), {seconds:.1f} s", ""]
+    if recipe.claim:
+        lines += [f"The README's claim: {recipe.claim}", ""]
+    lines += ["| measured | value |", "| --- | --- |"]
+    lines += [f"| {key} | {format_cell(value)} |" for key, value in summary.items()]
     figures = json.loads((run_dir / "summary.json").read_text()).get("figures", [])
     lines.append("")
-    lines += [f"![{name}: {fig}]({rel / fig})" for fig in figures]
+    lines += [f"![{recipe.name}: {fig}]({rel / fig})" for fig in figures]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +168,9 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(describe: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; ``describe`` lists the recipes and benchmarks in the
+    sub-commands' help (it imports them)."""
     parser = argparse.ArgumentParser(prog="jaxatlas", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs", default="runs", help="root folder for run output (runs)")
@@ -140,35 +178,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list recipes and benchmarks").set_defaults(fn=_cmd_list)
 
-    run = sub.add_parser("run", help="run one recipe", parents=[common])
-    run.add_argument("name")
-    run.add_argument("--scale", default="quick", choices=["quick", "full"])
+    scale_help = ("quick: minutes on a laptop CPU (the default); full: the real figures, "
+                  "sized for an accelerator")
+    progress_help = "no progress bars (for logs and CI)"
+    run = sub.add_parser("run", help="run one recipe", parents=[common],
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=_names_epilog("recipes", "jaxatlas.recipes", describe))
+    run.add_argument("name", help="the recipe (jaxatlas list names them all)")
+    run.add_argument("--scale", default="quick", choices=["quick", "full"], help=scale_help)
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config field (nested with dots); repeatable")
+    run.add_argument("--show-config", action="store_true",
+                     help="print every --set key with its value at this scale and exit")
     run.add_argument("--fresh", action="store_true",
                      help="start a new run instead of resuming an unfinished one")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-progress", action="store_true", help=progress_help)
     run.set_defaults(fn=_cmd_run)
 
     tour = sub.add_parser("tour", help="run every recipe and write one report",
-                          parents=[common])
+                          parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=_names_epilog("recipes", "jaxatlas.recipes", describe))
     tour.add_argument("names", nargs="*", help="recipes to include (default: all)")
-    tour.add_argument("--scale", default="quick", choices=["quick", "full"])
-    tour.add_argument("--no-progress", action="store_true")
+    tour.add_argument("--scale", default="quick", choices=["quick", "full"], help=scale_help)
+    tour.add_argument("--no-progress", action="store_true", help=progress_help)
     tour.set_defaults(fn=_cmd_tour)
 
-    bench = sub.add_parser("bench", help="run benchmarks", parents=[common])
+    bench = sub.add_parser("bench", help="run benchmarks", parents=[common],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=_names_epilog("benchmarks", "jaxatlas.benchmarks", describe))
     bench.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
-    bench.add_argument("--scale", default="quick", choices=["quick", "full"])
+    bench.add_argument("--scale", default="quick", choices=["quick", "full"],
+                       help="quick: small sizes; full: the sizes meant for an accelerator")
     bench.set_defaults(fn=_cmd_bench)
     return parser
+
+
+def _names_epilog(kind: str, group: str, describe: bool) -> str | None:
+    """The registered names of ``kind`` for a sub-command's --help (imports the plugins,
+    so only when help was asked for)."""
+    if not describe:
+        return None
+    from common.bench import BENCHMARKS
+    from common.recipe import RECIPES
+
+    load_plugins(group)
+    registry = RECIPES if kind == "recipes" else BENCHMARKS
+    width = shutil.get_terminal_size((100, 24)).columns
+    return f"{kind}:\n" + "\n".join(_wrapped(name, entry.description, width)
+                                      for name, entry in registry.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     from common.recipe import ConfigError, RunInterrupted
     from common.registry import UnknownNameError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(describe="-h" in argv or "--help" in argv).parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display needed
     try:
         return args.fn(args)

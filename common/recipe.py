@@ -28,12 +28,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import os
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -47,10 +49,15 @@ SCALES = ("quick", "full")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    """A registered recipe: ``run(ctx, config) -> summary`` with a config per scale, and
+    ``claim``, what the README promises at quick scale (shown beside the measured
+    figures in the tour's report)."""
+
     name: str
     description: str
     configs: Mapping[str, Any]
     run: Callable[[RunContext, Any], dict[str, Any]]
+    claim: str = ""
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -60,14 +67,16 @@ class ConfigError(ValueError):
     """A config override or scale that cannot be applied (unknown key, unparsable value)."""
 
 
-def register_recipe(name: str, description: str, *, quick, full):
-    """Decorator registering ``run(ctx, config) -> summary`` with its two configs."""
+def register_recipe(name: str, description: str, *, quick, full, claim: str = ""):
+    """Decorator registering ``run(ctx, config) -> summary`` with its two configs and the
+    README's ``claim`` for the quick scale."""
     for scale, cfg in (("quick", quick), ("full", full)):
         if not dataclasses.is_dataclass(cfg):
             raise TypeError(f"recipe {name!r}: the {scale} config must be a dataclass instance")
 
     def decorator(fn):
-        RECIPES.add(name, Recipe(name, description, {"quick": quick, "full": full}, fn))
+        RECIPES.add(name, Recipe(name, description, {"quick": quick, "full": full}, fn,
+                                 claim))
         return fn
 
     return decorator
@@ -185,6 +194,19 @@ def _all_keys(config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def config_lines(config) -> list[str]:
+    """``key = value`` for every (nested, dotted) field of a config: what ``--set``
+    accepts."""
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            lines += [f"{f.name}.{line}" for line in config_lines(value)]
+        else:
+            lines.append(f"{f.name} = {value!r}")
+    return lines
 
 
 def parse_set_args(items: Sequence[str]) -> dict[str, str]:
@@ -320,6 +342,24 @@ class RunContext:
             if metrics:
                 rows.append((int(row["step"]), metrics))
         return rows
+
+    @contextlib.contextmanager
+    def phase(self, what: str):
+        """Say on stderr that a long phase without a progress bar (sampling, likelihood,
+        evaluation) starts and how long it took, when progress output is on.
+
+        Example:
+            >>> with ctx.phase("sampling 1,000 images with the PC sampler"):
+            ...     samples = sample(...)
+        """
+        if not self.progress:
+            yield
+            return
+        print(f"  {what} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        yield
+        print(f"  {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+              flush=True)
 
     def save_figure(self, fig, name: str) -> Path:
         """Save a matplotlib figure as ``<run_dir>/<name>.png`` and close it."""
@@ -470,26 +510,33 @@ def _json_ready(value):
     return number if math.isfinite(number) else None
 
 
-def _json_default(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _format_value(value) -> str:
+def format_cell(value, width: int = 60) -> str:
+    """A summary value for a Markdown table cell: floats to 4 significant digits, short
+    lists inline, long lists and dicts abbreviated (``summary.json`` has them whole)."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    if isinstance(value, (list, tuple)):
+        parts = [format_cell(v, width) for v in value]
+        text = "[" + ", ".join(parts) + "]"
+        if len(text) > width:
+            shown = []
+            for part in parts:
+                if len(", ".join([*shown, part])) > width - 12:
+                    break
+                shown.append(part)
+            text = "[" + ", ".join(shown) + f", … ({len(parts)} values)]"
+        return text
+    if isinstance(value, dict):
+        text = json.dumps(_json_ready(value))
+        return text if len(text) <= width else f"({len(value)} entries, see summary.json)"
+    return str(value).replace("|", "\\|")
 
 
 def _summary_markdown(recipe: Recipe, scale: str, summary: dict, figures: list[str]) -> str:
     lines = [f"# {recipe.name} ({scale})", "", recipe.description, "",
-             "| figure | value |", "| --- | --- |"]
+             "| measured | value |", "| --- | --- |"]
     for key, value in summary.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, default=_json_default)
-        lines.append(f"| {key} | {_format_value(value)} |")
+        lines.append(f"| {key} | {format_cell(value)} |")
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{fig}]({fig})" for fig in figures]

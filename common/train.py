@@ -314,7 +314,7 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
         state_shardings=None, data_shardings=None, logger=None, checkpointer=None,
         checkpoint_every: int | None = None, eval_fn: Callable[[Any], dict] | None = None,
         eval_every: int | None = None, progress: bool = True, desc: str = "train",
-        history: list | None = None):
+        progress_keys: tuple[str, ...] | None = None, history: list | None = None):
     """Train until ``state.step == num_steps``, resuming from ``checkpointer`` if it has
     a checkpoint. The one host loop of the project.
 
@@ -349,6 +349,8 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
         and at the end; logged with an ``eval/`` prefix.
       progress: show a tqdm bar (in steps) with the latest metrics.
       desc: the progress bar's label.
+      progress_keys: the metrics the bar shows (default: ``loss`` and the first two
+        others), so that it stays readable in an 80-column terminal.
       history: if given, a list that receives ``(step, metrics)`` tuples.
 
     Returns:
@@ -413,7 +415,7 @@ def fit(state, step_fn=None, batch_fn: BatchFn | None = None, data=None, *, num_
                 _check_finite_loss(metrics, chunk_start, steps_per_row)
                 if bar is not None:
                     bar.update(length)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:4]})
+                    bar.set_postfix(_progress_items(last, progress_keys), refresh=False)
                 if on_chunk is not None:
                     _log_extra(on_chunk(state, step), step, logger, history)
                 if (eval_fn is not None and eval_every
@@ -494,6 +496,12 @@ def deferred_interrupts():
         yield flag
     finally:
         signal.signal(signal.SIGINT, current)
+
+
+def _progress_items(row: Mapping[str, float], keys) -> dict[str, str]:
+    if keys is None:
+        keys = ["loss", *[k for k in row if k != "loss"][:2]]
+    return {k: f"{row[k]:.4g}" for k in keys if k in row}
 
 
 def _check_finite_loss(metrics, first_step: int, steps_per_row: int) -> None:

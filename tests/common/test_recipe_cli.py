@@ -137,9 +137,12 @@ def test_cli_list_and_tour(tmp_path, tiny_recipe, capsys):
     listing = capsys.readouterr().out
     assert "digits-mlp" in listing and "train-loop" in listing
     assert cli.main(["tour", "test-tiny", "--runs", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] test-tiny (quick; 0.0 min so far)" in out and "   score: 0.5" in out
     report = next((tmp_path / "tour").iterdir()) / "report.md"
     text = report.read_text()
-    assert "1 of 1 recipes ran" in text and "| score | 0.5 |" in text
+    assert "1 of 1 recipes ran in" in text and "| score | 0.5 |" in text
+    assert "| [test-tiny](#test-tiny) |" in text and "| measured | value |" in text
     link = text.split("](")[-1].rstrip(")\n")
     assert (report.parent / link).exists()  # the figure link resolves
 
@@ -190,3 +193,24 @@ def test_digits_mlp_interrupted_then_resumed_reaches_target(tmp_path):
     evals = [row["step"] for row in rows if "eval/test_accuracy" in row]
     assert sorted(evals) == list(range(100, 1501, 100))  # every evaluation exactly once
     assert np.isfinite([row["loss"] for row in rows if "loss" in row]).all()
+
+
+def test_help_lists_benchmarks_and_recipes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "train-loop" in out and "ddpg-throughput" in out
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "digits-mlp" in out and "--show-config" in out and "quick: minutes" in out
+
+
+def test_long_values_are_abbreviated_in_tables():
+    from common.recipe import format_cell
+
+    assert format_cell(0.123456) == "0.1235" and format_cell([1.0, 2.0]) == "[1, 2]"
+    long = format_cell([float(i) for i in range(100)])
+    assert len(long) < 70 and "(100 values)" in long
+    assert format_cell({"a": 1}) == '{"a": 1}'
+    assert "entries, see summary.json" in format_cell({str(i): [0.0] * 5 for i in range(25)})

@@ -48,10 +48,12 @@ __all__ = [
     "concrete_value",
     "float_dtype",
     "is_concrete",
+    "mark_valid",
     "per_sample",
     "poison",
     "shape_of",
     "shape_str",
+    "value_ok",
 ]
 
 
@@ -214,6 +216,35 @@ def poison(tree, ok):
         return jnp.where(ok, x, bad)
 
     return jax.tree.map(one, tree)
+
+
+def mark_valid(result, ok):
+    """``result`` (a NamedTuple with a ``valid`` field) with ``valid = ok`` (broadcast to
+    the field's shape), poisoned where ``ok`` is False (:func:`poison`)."""
+    valid = jnp.broadcast_to(jnp.asarray(ok, jnp.bool_), jnp.shape(result.valid))
+    return poison(result._replace(valid=valid), ok)
+
+
+def value_ok(value, name: str, condition, expected: str):
+    """Whether every entry of ``value`` satisfies ``condition``, by the policy above.
+
+    A concrete failure raises ``ValueError`` naming ``name`` and ``expected``; a
+    concrete success gives True; a traced value gives the on-device boolean for the
+    caller to :func:`poison` with. Constants closed over by a traced function count as
+    concrete (they are checked eagerly, at trace time).
+
+    Example:
+        >>> ok = value_ok(beta, "beta", lambda b: jnp.isfinite(b) & (b > 0), "finite and > 0")
+    """
+    if not is_concrete(value):
+        return jnp.all(condition(value))
+    with jax.ensure_compile_time_eval():
+        arr = jnp.asarray(value)
+        bad = ~condition(arr)
+        if bool(jnp.any(bad)):
+            shown = float(arr) if arr.ndim == 0 else f"values such as {arr[bad][:3].tolist()}"
+            raise ValueError(f"{name} must be {expected}, got {shown}")
+    return True
 
 
 def per_sample(v, x):

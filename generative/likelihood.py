@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from common.checks import check_int, check_positive, shape_str
-from generative.checks import check_batch
+from generative.checks import check_batch, check_eps, checked_score_fn
 from generative.ode import odeint_rk45
 from generative.sde import SDE
 
@@ -104,7 +104,8 @@ def log_likelihood(key: jax.Array, score_fn: Callable, sde: SDE, x: jax.Array, *
         ``"hutchinson_rademacher"`` or ``"hutchinson_gaussian"``.
       rtol: solver relative tolerance.
       atol: solver absolute tolerance.
-      eps: start time of the flow.
+      eps: start time of the flow, in ``[0, T)``; ``> 0`` where the marginal std
+        vanishes at ``t = 0`` (VP, sub-VP; :func:`generative.checks.check_eps`).
       prior_logp: ``z [B, ...] -> [B]``; defaults to ``sde.prior_logp``.
       max_steps: solver step cap.
 
@@ -120,8 +121,8 @@ def log_likelihood(key: jax.Array, score_fn: Callable, sde: SDE, x: jax.Array, *
     check_batch(x)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must be in [0, T), got {eps}")
+    eps = check_eps(eps, sde)
+    score_fn = checked_score_fn(score_fn)
     B = x.shape[0]
     if divergence == "hutchinson_rademacher":
         probe = jax.random.rademacher(key, x.shape, x.dtype)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.checks import check_int, check_positive, per_sample, shape_str
-from generative.checks import check_batch
+from generative.checks import check_batch, check_eps, check_score
 from generative.sde import SDE
 
 __all__ = [
@@ -38,12 +38,6 @@ __all__ = [
     "sliced_score_matching_loss",
     "smld_loss",
 ]
-
-
-def _check_out(out, x, what):
-    if jnp.shape(out) != jnp.shape(x):
-        raise ValueError(f"{what} must return an array of x's shape {shape_str(x.shape)}, "
-                         f"got {shape_str(jnp.shape(out))}")
 
 
 def _reduce(values, reduce_mean: bool):
@@ -57,7 +51,7 @@ def sde_loss(score_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
              likelihood_weighting: bool = False) -> jax.Array:
     """Continuous-time denoising score matching for a score SDE.
 
-    ``t ~ U(eps, 1)``, ``z ~ N(0, I)``, ``x_t = m(t) x + s(t) z``; per sample
+    ``t ~ U(eps, T)``, ``z ~ N(0, I)``, ``x_t = m(t) x + s(t) z``; per sample
 
     * default (``λ(t) = s(t)²``): ``R ‖s(t) · score(x_t, t) + z‖²``
     * ``likelihood_weighting`` (``λ(t) = g(t)²``): ``g(t)² R ‖score(x_t, t) + z / s(t)‖²``
@@ -70,7 +64,9 @@ def sde_loss(score_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
       sde: the forward SDE.
       x: ``[B, ...]`` clean data.
       key: PRNG key.
-      eps: smallest time sampled (avoids the singular ``t = 0``).
+      eps: smallest time sampled, in ``(0, T)``: ``t = 0`` is never drawn (there the
+        marginal std of VP/sub-VP vanishes, and ``z / s(t)`` or a score ``−ε̂/s(t)``
+        would be NaN); ``eps = 0`` is refused.
       reduce_mean: mean (True) or half-sum (False) over data dimensions.
       likelihood_weighting: weight by ``g(t)²`` so the loss bounds the negative
         log-likelihood (Song, Durkan, Murray & Ermon 2021, "Maximum Likelihood
@@ -86,8 +82,7 @@ def sde_loss(score_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
     Paper: Song et al. 2021, eq. (7).
     """
     check_batch(x)
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must be in [0, 1), got {eps}")
+    eps = check_eps(eps, sde, positive=True)
     t_key, z_key = jax.random.split(key)
     B = x.shape[0]
     t = jax.random.uniform(t_key, (B,), x.dtype, minval=eps, maxval=sde.T)
@@ -95,7 +90,7 @@ def sde_loss(score_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
     mean, std = sde.marginal_prob(x, t)
     perturbed = mean + per_sample(std, x) * z
     score = score_fn(perturbed, t)
-    _check_out(score, x, "score_fn")
+    check_score(score, x, "score_fn")
     if likelihood_weighting:
         _, g = sde.sde(jnp.zeros_like(x), t)
         losses = _reduce(jnp.square(score + z / per_sample(std, x)), reduce_mean) * g**2
@@ -142,7 +137,7 @@ def smld_loss(score_fn: Callable, sigmas: jax.Array, x: jax.Array, key: jax.Arra
     sigma = sigmas[idx]  # [B]
     noise = jax.random.normal(n_key, x.shape, x.dtype) * per_sample(sigma, x)
     score = score_fn(x + noise, sigma)
-    _check_out(score, x, "score_fn")
+    check_score(score, x, "score_fn")
     target = -noise / per_sample(sigma**2, x)
     return jnp.mean(_reduce(jnp.square(score - target), reduce_mean) * sigma**2)
 
@@ -200,7 +195,7 @@ def ddpm_loss(eps_fn: Callable, sde: SDE, x: jax.Array, key: jax.Array, *,
     perturbed = per_sample(a, x) * x + per_sample(b, x) * z
     t = idx.astype(x.dtype) / max(sde.N - 1, 1)
     out = eps_fn(perturbed, t)
-    _check_out(out, x, "eps_fn")
+    check_score(out, x, "eps_fn")
     return jnp.mean(_reduce(jnp.square(out - z), reduce_mean))
 
 
@@ -231,7 +226,7 @@ def denoising_score_matching_loss(score_fn: Callable, x: jax.Array, key: jax.Arr
     z = jax.random.normal(key, x.shape, x.dtype)
     perturbed = x + sigma * z
     score = score_fn(perturbed)
-    _check_out(score, x, "score_fn")
+    check_score(score, x, "score_fn")
     return jnp.mean(_reduce(jnp.square(score + z / sigma), reduce_mean=False))
 
 
@@ -280,7 +275,7 @@ def sliced_score_matching_loss(score_fn: Callable, x: jax.Array, key: jax.Array,
 
     def one(vi):
         score, jv = jax.jvp(score_fn, (x,), (vi,))
-        _check_out(score, x, "score_fn")
+        check_score(score, x, "score_fn")
         vjv = jnp.sum((vi * jv).reshape(B, -1), axis=-1)  # [B]
         if variance_reduction:
             second = 0.5 * jnp.sum(jnp.square(score).reshape(B, -1), axis=-1)

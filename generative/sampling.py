@@ -17,7 +17,14 @@ and the probability-flow ODE, plus NCSN noise-schedule helpers.
   :func:`ncsn_num_levels` choose NCSN noise levels (Song & Ermon 2020).
 
 Score functions are ``score_fn(x [B, ...], t [B]) -> [B, ...]`` (time-conditioned)
-for the SDE samplers and ``score_fn(x [B, ...], sigma [B])`` for annealed Langevin.
+for the SDE samplers and ``score_fn(x [B, ...], sigma [B])`` for annealed Langevin;
+every sampler checks (at trace time) that the score has x's shape ``[B, ...]``
+(:func:`generative.checks.checked_score_fn`), so a scalar or misshapen score is a
+``ValueError`` naming ``score_fn``, never an ``IndexError`` or a silent broadcast. The
+end time ``eps`` of the SDE samplers (and of the likelihood and ``sde_loss``) is
+checked by :func:`generative.checks.check_eps`: ``eps = 0`` is refused where the
+marginal std vanishes at ``t = 0`` (VP, sub-VP), since a score ``−ε̂/std``
+(:func:`generative.sde.make_score_fn`) is undefined there.
 
 Example:
     >>> x, nfe = pc_sampler(jax.random.key(0), score_fn, VPSDE(N=500), (256, 2),
@@ -38,7 +45,7 @@ import jax.numpy as jnp
 
 from common.checks import check_int, check_positive, per_sample, shape_str
 from common.registry import Registry
-from generative.checks import check_batch
+from generative.checks import check_batch, check_eps, checked_score_fn
 from generative.ode import odeint_rk45
 from generative.sde import SDE
 
@@ -101,6 +108,7 @@ def langevin_dynamics(key: jax.Array, score_fn: Callable, x0: jax.Array, *, step
     check_batch(x0, "x0")
     check_positive(step_size, "step_size")
     check_int(n_steps, "n_steps", minimum=0)
+    score_fn = checked_score_fn(score_fn)
     eps = jnp.asarray(step_size, x0.dtype)
 
     def body(x, k):
@@ -146,6 +154,7 @@ def annealed_langevin_dynamics(key: jax.Array, score_fn: Callable, x0: jax.Array
     check_positive(sigmas, "sigmas")
     check_positive(step_lr, "step_lr")
     check_int(n_steps_each, "n_steps_each", minimum=0)
+    score_fn = checked_score_fn(score_fn)
     B = x0.shape[0]
     sigma_last = sigmas[-1]
     schedule = jnp.repeat(sigmas, int(n_steps_each))  # [L·T]
@@ -292,9 +301,9 @@ class Predictor:
 
     def __init__(self, sde: SDE, score_fn: Callable, probability_flow: bool = False):
         self.sde = sde
-        self.score_fn = score_fn
+        self.score_fn = checked_score_fn(score_fn)
         self.probability_flow = bool(probability_flow)
-        self.rsde = sde.reverse(score_fn, probability_flow)
+        self.rsde = sde.reverse(self.score_fn, probability_flow)
 
     def update(self, key: jax.Array, x: jax.Array, t: jax.Array):
         raise NotImplementedError
@@ -382,7 +391,7 @@ class Corrector:
         check_positive(snr, "snr")
         check_int(n_steps, "n_steps", minimum=0)
         self.sde = sde
-        self.score_fn = score_fn
+        self.score_fn = checked_score_fn(score_fn)
         self.snr = float(snr)
         self.n_steps = int(n_steps)
 
@@ -474,7 +483,8 @@ def pc_sampler(key: jax.Array, score_fn: Callable, sde: SDE, shape, *,
       n_steps: corrector steps per time step.
       probability_flow: predictor follows the probability-flow ODE.
       denoise: return the last noise-free ``x_mean`` (score_sde's ``denoise``).
-      eps: last time (avoids ``t = 0``).
+      eps: last time, in ``[0, T)``; ``> 0`` where the marginal std vanishes at
+        ``t = 0`` (VP, sub-VP; see :func:`generative.checks.check_eps`).
       dtype: floating dtype of the samples.
       x_init: optional ``[B, ...]`` start instead of a prior draw.
 
@@ -491,8 +501,7 @@ def pc_sampler(key: jax.Array, score_fn: Callable, sde: SDE, shape, *,
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1:
         raise ValueError(f"shape must be batch-first (B, ...), got {shape}")
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must be in [0, T), got {eps}")
+    eps = check_eps(eps, sde)
     pred = PREDICTORS.get(predictor)(sde, score_fn, probability_flow)
     corr = CORRECTORS.get(corrector)(sde, score_fn, snr, n_steps)
     prior_key, loop_key = jax.random.split(key)
@@ -534,7 +543,8 @@ def ode_sampler(key: jax.Array, score_fn: Callable, sde: SDE, shape, *,
       z: optional ``[B, ...]`` latent to decode instead of a prior draw.
       rtol: relative tolerance.
       atol: absolute tolerance.
-      eps: end time.
+      eps: end time, in ``[0, T)``; ``> 0`` where the marginal std vanishes at ``t = 0``
+        (:func:`generative.checks.check_eps`).
       denoise: finish with one reverse-diffusion mean step at ``eps`` (+1 NFE).
       dtype: floating dtype.
       max_steps: solver step cap.
@@ -550,8 +560,8 @@ def ode_sampler(key: jax.Array, score_fn: Callable, sde: SDE, shape, *,
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1:
         raise ValueError(f"shape must be batch-first (B, ...), got {shape}")
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must be in [0, T), got {eps}")
+    eps = check_eps(eps, sde)
+    score_fn = checked_score_fn(score_fn)
     prior_key, denoise_key = jax.random.split(key)
     if z is None:
         x = sde.prior_sampling(prior_key, shape, dtype)

@@ -52,7 +52,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.checks import check_int, check_positive, float_dtype, per_sample, shape_str
+from common.checks import (
+    check_int,
+    check_positive,
+    float_dtype,
+    is_concrete,
+    per_sample,
+    poison,
+    shape_str,
+)
 from common.registry import Registry
 from generative.checks import check_x_t
 
@@ -550,6 +558,10 @@ def make_score_fn(sde: SDE, eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
     et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models");
     without it ``c = 1`` (score_sde).
 
+    The score is undefined where ``std(t) = 0`` (``t = 0`` for VP and sub-VP): a concrete
+    such ``t`` raises ``ValueError`` naming ``t``, a traced one gives NaN for those
+    samples (:func:`common.checks.poison`), never ``±inf`` scores.
+
     Args:
       sde: the forward SDE.
       eps_fn: ``eps_fn(x [B, ...], t [B]) -> [B, ...]``.
@@ -572,6 +584,12 @@ def make_score_fn(sde: SDE, eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
             x_in = x * scale
         else:
             x_in = x
-        return -eps_fn(x_in, t) / per_sample(std, x)
+        positive = std > 0  # [B]
+        if is_concrete(positive) and not bool(jnp.all(positive)):
+            raise ValueError(f"t: the score of make_score_fn is undefined where the marginal "
+                             f"std of {type(sde).__name__} vanishes (t = 0 for VP/sub-VP); "
+                             f"got t = {jnp.asarray(t)[~positive][:3].tolist()}")
+        score = -eps_fn(x_in, t) / per_sample(jnp.where(positive, std, 1.0), x)
+        return poison(score, per_sample(positive, x))
 
     return score_fn

@@ -22,8 +22,13 @@ Each returns a :class:`DPResult` whose first field is the state values ``[S]``,
 then the greedy policy ``[S, A]`` and the iteration history. Greedy policies break
 ties deterministically toward the first action (for the grid world: up, right,
 down, left, stay). Loops are ``lax.while_loop``; every function jit-compiles and
-vmaps (over ``gamma``, rewards, policies, ...). Values such as ``gamma`` and the
-row sums of a policy are checked when they are concrete (outside ``jit``/``vmap``).
+vmaps (over ``gamma``, rewards, policies, ...).
+
+Bad values follow :mod:`common.checks`: shapes are always checked; values (``gamma``
+in ``[0, 1)``, ``ε`` in ``[0, 1]``, rows of ``P`` and of policies summing to 1, finite
+``R`` and ``v0``, ``tol > 0``) raise ``ValueError`` when concrete and, when traced
+(inside ``jit``/``vmap``), poison the result: NaN values and policies, −1 counts and
+``DPResult.valid = False``.
 
 Example:
     >>> from rl.envs.gridworld import book_5x5
@@ -46,7 +51,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.checks import check_int, concrete_value
+from common.checks import (
+    check_finite,
+    check_int,
+    concrete_value,
+    mark_valid,
+    poison,
+    shape_of,
+    shape_str,
+)
 
 # Greedy ties: actions within TIE_TOL * max(1, |max q|) of the best count as tied,
 # so that values equal up to rounding pick the first action, not a rounding winner.
@@ -67,6 +80,9 @@ class DPResult(NamedTuple):
       residual: scalar Bellman residual ``‖T v − v‖∞`` of the returned values
         (``T = T_π`` for evaluation, the optimality operator otherwise).
       action_values: ``[S, A]`` the action values ``q`` computed from ``values``.
+      valid: bool scalar, False when a value check failed on traced input (``gamma``
+        outside ``[0, 1)``, rows of ``P`` or of a policy not summing to 1, non-finite
+        ``R`` or ``v0``, ...); every other field is then poisoned (NaN, counts −1).
     """
 
     values: jax.Array
@@ -75,24 +91,67 @@ class DPResult(NamedTuple):
     num_iterations: jax.Array
     residual: jax.Array
     action_values: jax.Array
+    valid: jax.Array
 
 
 # ---------------------------------------------------------------------- checks
+#
+# Each condition on values is written once, as a boolean that also works on traced
+# arrays (``*_ok``). The ``check_*`` functions raise on concrete values that fail it;
+# the jitted routines poison their result with it (common.checks' policy: NaN values
+# and policies, -1 counts, ``valid = False``), so jit and vmap never return plausible
+# numbers for bad input.
+
+
+def gamma_ok(gamma) -> jax.Array:
+    """``0 <= γ < 1`` (False for NaN)."""
+    return (gamma >= 0.0) & (gamma < 1.0)
+
+
+def epsilon_ok(epsilon) -> jax.Array:
+    """``0 <= ε <= 1`` (False for NaN)."""
+    return (epsilon >= 0.0) & (epsilon <= 1.0)
+
+
+def policy_ok(policy) -> jax.Array:
+    """Every row ``[..., A]`` is non-negative and sums to 1 within 1e-5 (False for NaN);
+    also the condition on the rows ``P[s, a, :]`` of a transition model."""
+    sums = jnp.sum(policy, axis=-1)
+    return jnp.all(policy >= 0) & jnp.all(jnp.abs(sums - 1.0) <= _SUM_TOL)
+
+
+def model_ok(P, R) -> jax.Array:
+    """``P`` holds probabilities (:func:`policy_ok` on its rows) and ``R`` is finite."""
+    return policy_ok(P) & jnp.all(jnp.isfinite(R))
+
+
+def _holds(condition, *values) -> bool:
+    """``condition(*values)`` on concrete values, evaluated now (also while tracing,
+    where the values are constants closed over by the traced function)."""
+    with jax.ensure_compile_time_eval():
+        return bool(condition(*values))
+
+
+def _check_scalar(value, name: str):
+    """``value`` as a numpy array when concrete (None when traced); raise unless it is a
+    scalar (a static check, so it holds under jit too)."""
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {shape_str(shape_of(value))}")
+    return concrete_value(value)
 
 
 def check_gamma(gamma) -> None:
-    """Raise ``ValueError`` unless a concrete ``gamma`` lies in ``[0, 1)``."""
-    g = concrete_value(gamma)
-    if g is None:
-        return
-    if g.shape != ():
-        raise ValueError(f"gamma must be a scalar, got shape {g.shape}")
-    if not (0.0 <= float(g) < 1.0):
+    """Raise ``ValueError`` unless ``gamma`` is a scalar and, when concrete, in ``[0, 1)``."""
+    g = _check_scalar(gamma, "gamma")
+    if g is not None and not _holds(gamma_ok, g):
         raise ValueError(f"gamma must be in [0, 1), got {float(g)}")
 
 
 def check_model(P, R) -> tuple[jax.Array, jax.Array]:
-    """Check ``P [S, A, S]`` and ``R [S, A]``; returns them as float arrays."""
+    """Check ``P [S, A, S]`` and ``R [S, A]``; returns them as float arrays.
+
+    Shapes always; when concrete, that ``P`` holds probabilities and ``R`` is finite.
+    """
     P = jnp.asarray(P)
     R = jnp.asarray(R)
     if P.ndim != 3 or P.shape[0] != P.shape[2]:
@@ -102,10 +161,12 @@ def check_model(P, R) -> tuple[jax.Array, jax.Array]:
     dtype = jnp.result_type(P.dtype, R.dtype, float)
     P, R = P.astype(dtype), R.astype(dtype)
     p = concrete_value(P)
-    if p is not None and p.size:
-        if (p < 0).any() or not np.allclose(p.sum(-1), 1.0, rtol=0, atol=_SUM_TOL):
-            raise ValueError("P must hold probabilities: P[s, a, :] >= 0 summing to 1 "
-                             f"(worst row sum {p.sum(-1).flat[np.abs(p.sum(-1) - 1).argmax()]})")
+    if p is not None and p.size and not _holds(policy_ok, p):
+        sums = p.sum(-1)
+        worst = sums.flat[np.nan_to_num(np.abs(sums - 1), nan=np.inf).argmax()]
+        raise ValueError("P must hold probabilities: P[s, a, :] >= 0 summing to 1 "
+                         f"(worst row sum {worst})")
+    check_finite(R, "R")
     return P, R
 
 
@@ -117,32 +178,32 @@ def check_policy(policy, num_states: int, num_actions: int, name: str = "policy"
                          f"got {policy.shape}")
     policy = policy.astype(jnp.result_type(policy.dtype, float))
     p = concrete_value(policy)
-    if p is not None and p.size:
+    if p is not None and p.size and not _holds(policy_ok, p):
         sums = p.sum(-1)
-        bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
+        bad = np.flatnonzero(~(np.abs(sums - 1.0) <= _SUM_TOL))
         if bad.size:
             raise ValueError(f"{name}: every row must sum to 1; row {bad[0]} sums to "
                              f"{sums[bad[0]]}")
-        if (p < 0).any():
-            raise ValueError(f"{name}: probabilities must be >= 0")
+        raise ValueError(f"{name}: probabilities must be >= 0")
     return policy
 
 
 def check_epsilon(epsilon) -> None:
-    """Raise ``ValueError`` unless a concrete ``epsilon`` is a scalar in ``[0, 1]``."""
-    e = concrete_value(epsilon)
-    if e is None:
-        return
-    if e.shape != ():
-        raise ValueError(f"epsilon must be a scalar, got shape {e.shape}")
-    if not (0.0 <= float(e) <= 1.0):
+    """Raise ``ValueError`` unless ``epsilon`` is a scalar and, when concrete, in ``[0, 1]``."""
+    e = _check_scalar(epsilon, "epsilon")
+    if e is not None and not _holds(epsilon_ok, e):
         raise ValueError(f"epsilon must be in [0, 1], got {float(e)}")
 
 
 def _check_tol(tol) -> None:
-    t = concrete_value(tol)
+    t = _check_scalar(tol, "tol")
     if t is not None and not float(t) > 0:
         raise ValueError(f"tol must be > 0, got {float(t)}")
+
+
+def _iteration_ok(tol, v0) -> jax.Array:
+    """The iterative routines' own conditions: ``tol > 0`` and finite ``v0``."""
+    return (tol > 0) & jnp.all(jnp.isfinite(v0))
 
 
 def _initial_values(v0, num_states: int, dtype) -> jax.Array:
@@ -151,6 +212,7 @@ def _initial_values(v0, num_states: int, dtype) -> jax.Array:
     v0 = jnp.asarray(v0, dtype)
     if v0.shape != (num_states,):
         raise ValueError(f"v0 must have shape [S] = ({num_states},), got {v0.shape}")
+    check_finite(v0, "v0")
     return v0
 
 
@@ -208,7 +270,7 @@ def epsilon_greedy_policy(q, epsilon, tie_tol: float = TIE_TOL) -> jax.Array:
     """
     q = jnp.asarray(q)
     check_epsilon(epsilon)
-    return _epsilon_greedy_jit(greedy_policy(q, tie_tol), epsilon)
+    return poison(_epsilon_greedy_jit(greedy_policy(q, tie_tol), epsilon), epsilon_ok(epsilon))
 
 
 @jax.jit
@@ -228,14 +290,17 @@ def _solve(P, R, policy, gamma):
     return jnp.linalg.solve(eye - gamma * P_pi, r_pi)
 
 
-def _finish(P, R, values, gamma, history, k, policy=None):
-    """DPResult with greedy policy and the residual of T_π (policy given) or T*."""
+def _finish(P, R, values, gamma, history, k, ok, policy=None):
+    """DPResult with greedy policy and the residual of T_π (policy given) or T*, poisoned
+    unless ``ok`` (the value checks, computed on device) holds."""
     q = action_values(P, R, values, gamma)
     if policy is None:
         residual = jnp.max(jnp.abs(jnp.max(q, axis=-1) - values))
     else:
         residual = jnp.max(jnp.abs(jnp.sum(policy * q, axis=-1) - values))
-    return DPResult(values, greedy_policy(q), history, jnp.asarray(k, jnp.int32), residual, q)
+    result = DPResult(values, greedy_policy(q), history, jnp.asarray(k, jnp.int32), residual,
+                      q, jnp.bool_(True))
+    return mark_valid(result, ok & gamma_ok(gamma) & model_ok(P, R))
 
 
 def _iterate(update, v0, tol, max_iters):
@@ -264,12 +329,13 @@ def _iterate(update, v0, tol, max_iters):
 
 
 def _policy_evaluation(P, R, policy, gamma, v0, tol, method, max_iters):
+    ok = policy_ok(policy)
     if method == "solve":
         v = _solve(P, R, policy, gamma)
-        return _finish(P, R, v, gamma, v[None, :], 0, policy)
+        return _finish(P, R, v, gamma, v[None, :], 0, ok, policy)
     P_pi, r_pi = _policy_model(P, R, policy)
     v, history, k = _iterate(lambda v: r_pi + gamma * P_pi @ v, v0, tol, max_iters)
-    return _finish(P, R, v, gamma, history, k, policy)
+    return _finish(P, R, v, gamma, history, k, ok & _iteration_ok(tol, v0), policy)
 
 
 _policy_evaluation_jit = jax.jit(_policy_evaluation, static_argnames=("method", "max_iters"))
@@ -330,7 +396,7 @@ def policy_evaluation(P, R, policy, gamma, *, method: str = "solve", tol: float 
 def _value_iteration(P, R, gamma, v0, tol, max_iters):
     update = lambda v: jnp.max(action_values(P, R, v, gamma), axis=-1)
     v, history, k = _iterate(update, v0, tol, max_iters)
-    return _finish(P, R, v, gamma, history, k)
+    return _finish(P, R, v, gamma, history, k, _iteration_ok(tol, v0))
 
 
 _value_iteration_jit = jax.jit(_value_iteration, static_argnames=("max_iters",))
@@ -401,7 +467,7 @@ def _improve_until_stable(P, R, gamma, policy0, improve, max_iters):
 
 def _policy_iteration(P, R, gamma, policy0, max_iters):
     _, v, history, k = _improve_until_stable(P, R, gamma, policy0, greedy_policy, max_iters)
-    return _finish(P, R, v, gamma, history, k)
+    return _finish(P, R, v, gamma, history, k, policy_ok(policy0))
 
 
 _policy_iteration_jit = jax.jit(_policy_iteration, static_argnames=("max_iters",))
@@ -450,7 +516,7 @@ def _truncated_policy_iteration(P, R, gamma, v0, num_eval_steps, tol, max_iters)
         return jax.lax.fori_loop(0, num_eval_steps, lambda _, u: r_pi + gamma * P_pi @ u, v)
 
     v, history, k = _iterate(update, v0, tol, max_iters)
-    return _finish(P, R, v, gamma, history, k)
+    return _finish(P, R, v, gamma, history, k, _iteration_ok(tol, v0) & (num_eval_steps >= 1))
 
 
 _truncated_policy_iteration_jit = jax.jit(_truncated_policy_iteration,
@@ -527,7 +593,8 @@ def _epsilon_greedy_policy_iteration(P, R, gamma, epsilon, max_iters):
     policy0 = jnp.full((S, A), 1.0 / A, P.dtype)
     improve = lambda q: _epsilon_greedy_jit(greedy_policy(q), epsilon)
     policy, v, history, k = _improve_until_stable(P, R, gamma, policy0, improve, max_iters)
-    return _finish(P, R, v, gamma, history, k, policy)._replace(policy=policy)
+    result = _finish(P, R, v, gamma, history, k, epsilon_ok(epsilon), policy)
+    return result._replace(policy=poison(policy, result.valid))  # the ε-greedy policy
 
 
 _epsilon_greedy_policy_iteration_jit = jax.jit(_epsilon_greedy_policy_iteration,

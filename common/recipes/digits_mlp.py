@@ -81,25 +81,41 @@ def make_predict(graphdef):
     return predict
 
 
-def _learning_curve(history, steps_total):
+def _learning_curve(history, steps_total, num_test=None):
+    """Train loss (log scale) and the error rate ``1 − accuracy`` in % on an axis zoomed
+    to the data (accuracies near 1 are unreadable on a 0–1 axis); with ``num_test``
+    a second axis counts the misclassified test images."""
     import matplotlib.pyplot as plt
 
     evals = [(s, m["eval/test_accuracy"], m["eval/train_accuracy"]) for s, m in history
              if "eval/test_accuracy" in m]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
     plot_smoothed(ax, history, "loss", color="tab:blue", label="train loss (smoothed)")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy", color="tab:blue")
+    ax.set_ylabel("cross-entropy (train batches, smoothed)")
     ax.set_yscale("log")
-    ax2 = ax.twinx()
+    ax.set_title("training loss", fontsize=10)
     if evals:
         s, test_acc, train_acc = np.array(evals).T
-        ax2.plot(s, test_acc, "o-", color="tab:red", label="test accuracy", markersize=3)
-        ax2.plot(s, train_acc, "--", color="tab:orange", label="train accuracy")
-    ax2.set_ylabel("accuracy", color="tab:red")
-    ax2.set_ylim(0.0, 1.01)
-    ax2.legend(loc="center right")
-    ax.set_title(f"digits-mlp learning curve ({steps_total} steps)")
+        test_err, train_err = 100.0 * (1.0 - test_acc), 100.0 * (1.0 - train_acc)
+        ax2.plot(s, test_err, "o-", color="tab:red", markersize=3,
+                 label=f"test (final {test_err[-1]:.2f}%)")
+        ax2.plot(s, train_err, "s--", color="tab:orange", markersize=3,
+                 label=f"train (final {train_err[-1]:.2f}%)")
+        top = max(float(max(test_err.max(), train_err.max())), 0.1)
+        # room above the curves for the legend, and below 0 so that 0 % stays visible
+        ax2.set_ylim(-0.04 * top, 1.3 * top)
+        if num_test:
+            counts = ax2.secondary_yaxis("right", functions=(
+                lambda pct: pct * num_test / 100.0, lambda n: n * 100.0 / num_test))
+            counts.set_ylabel(f"misclassified test images (of {num_test})")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("error rate = 1 − accuracy (%)")
+    ax2.set_title("error rate at each evaluation", fontsize=10)
+    ax2.legend(loc="upper right", ncols=2, fontsize=8)
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"digits-mlp learning curve ({steps_total} steps)")
     return fig
 
 
@@ -160,6 +176,7 @@ def train_digits(cfg: DigitsConfig, *, logger=None, checkpointer=None, progress=
 @register_recipe(
     "digits-mlp",
     "MLP on scikit-learn's 8x8 digits: the end-to-end path of optim, train, checkpoints",
+    claim="test accuracy about 0.98 in under 10 s on a 2-core CPU",
     quick=DigitsConfig(),
     full=DigitsConfig(steps=6000, hidden=(512, 512), checkpoint_every=1000),
 )
@@ -170,7 +187,8 @@ def digits_mlp(ctx: RunContext, cfg: DigitsConfig) -> dict:
     seconds = time.perf_counter() - t0
     history = ctx.history()  # the whole run, a resumed one included
     y_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_test"])))
-    ctx.save_figure(_learning_curve(history, cfg.steps), "learning_curve")
+    ctx.save_figure(_learning_curve(history, cfg.steps, len(data["y_test"])),
+                    "learning_curve")
     ctx.save_figure(_confusion(data["y_test"], y_pred), "confusion_matrix")
     train_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_train"])))
     losses = [m["loss"] for _, m in history if "loss" in m]

@@ -70,6 +70,7 @@ from rl.ddpg.losses import (
     smoothed_target_action,
     soft_update,
     td_target,
+    validate_dqda_clipping,
     validate_tau,
 )
 from rl.ddpg.networks import Actor, Critic
@@ -128,6 +129,8 @@ class DDPGConfig:
       policy_delay: actor and target updates every this many critic updates.
       target_noise: TD3 target policy smoothing std (half-range units; 0 disables).
       target_noise_clip: clip of the smoothing noise (half-range units).
+      dqda_clipping: clip each ``∂Q/∂a`` of the actor update to ``[−c, c]`` (rlax's
+        ``dpg_loss`` option); None (default) is the plain DPG.
       eval_every: env steps between deterministic evaluations.
       eval_episodes: episodes per evaluation.
     """
@@ -154,6 +157,7 @@ class DDPGConfig:
     policy_delay: int = 1
     target_noise: float = 0.0
     target_noise_clip: float = 0.5
+    dqda_clipping: float | None = None
     eval_every: int = 1_000
     eval_episodes: int = 10
 
@@ -168,6 +172,7 @@ class DDPGConfig:
                 raise ValueError(f"DDPGConfig: {message}")
 
         validate_tau(self.tau)
+        validate_dqda_clipping(self.dqda_clipping)
         need(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.buffer_size >= self.batch_size,
@@ -345,9 +350,16 @@ class DDPGAgent:
         return critic_loss(q, target), jnp.mean(q)
 
     def actor_loss_fn(self, actor_params, critics, obs):
-        """DPG loss ``−mean Q_1(s, μ(s))`` (first critic)."""
+        """DPG loss ``−mean Q_1(s, μ(s))`` (first critic), with ``∂Q/∂a`` clipped to
+        ``[−c, c]`` when ``dqda_clipping = c`` is set."""
         first = jax.tree.map(lambda x: x[0], critics)
-        return dpg_actor_loss(self.q_value(first, obs, self.act(actor_params, obs)))
+        action = self.act(actor_params, obs)
+        clip = self.config.dqda_clipping
+        if clip is None:
+            return dpg_actor_loss(self.q_value(first, obs, action))
+        # Q(s_b, a_b) depends on a_b only: the pullback of ones is ∂Q/∂a per sample
+        q, pullback = jax.vjp(lambda a: self.q_value(first, obs, a), action)
+        return dpg_actor_loss(q, action, pullback(jnp.ones_like(q))[0], dqda_clipping=clip)
 
     def update(self, learner: Learner, batch, key: jax.Array, update_index) -> tuple[Learner,
                                                                                    dict]:

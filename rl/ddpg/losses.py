@@ -14,6 +14,8 @@ DDPG, ``2`` for TD3's twin critics) and their target copies ``μ_θ'``, ``Q_φ'c
 * critic loss     ``L(φ) = Σ_c mean_b (Q_φc(s_b, a_b) − y_b)²``;
 * actor loss      ``J(θ) = −mean_b Q_φ1(s_b, μ_θ(s_b))``, whose gradient is the
   deterministic policy gradient ``−mean_b ∇_a Q(s_b, a)|_{a = μ(s_b)} ∇_θ μ_θ(s_b)``;
+  with ``dqda_clipping = c`` each ``∇_a Q`` is first clipped to ``[−c, c]`` (rlax's
+  ``dpg_loss``);
 * soft update     ``θ' ← τ θ + (1 − τ) θ'`` (``optax.incremental_update``), so after
   ``n`` updates towards fixed ``θ``: ``θ'_n − θ = (1 − τ)ⁿ (θ'_0 − θ)``.
 
@@ -25,6 +27,9 @@ Actor-Critic Methods" (TD3), ICML 2018.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -32,7 +37,7 @@ from common.checks import check_rank
 from rl.value_learning import soft_update, td_target, validate_tau
 
 __all__ = ["critic_loss", "dpg_actor_loss", "scale_action", "smoothed_target_action",
-           "soft_update", "td_target", "validate_tau"]
+           "soft_update", "td_target", "validate_dqda_clipping", "validate_tau"]
 
 
 def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
@@ -53,17 +58,63 @@ def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.sum(jnp.mean((q - target[None, :]) ** 2, axis=1))
 
 
-def dpg_actor_loss(q: jax.Array) -> jax.Array:
+def dpg_actor_loss(q: jax.Array, action: jax.Array | None = None,
+                   dqda: jax.Array | None = None, *,
+                   dqda_clipping: float | None = None) -> jax.Array:
     """``−mean_b Q(s_b, μ(s_b))``; differentiate through ``μ`` for the DPG.
+
+    Without clipping the gradient flows through ``q`` (pass ``q = Q(s, μ_θ(s))``). With
+    ``dqda_clipping = c`` (rlax's ``dpg_loss``) it flows through ``action`` instead, as
+    the gradient of rlax's surrogate
+
+        ``mean_b ½ ‖sg(a_b + clip(∂Q/∂a_b, −c, c)) − a_b‖²``,
+
+    so ``∂/∂a_b = −clip(∂Q/∂a_b, −c, c) / B``: the chain rule with each ``∂Q/∂a``
+    clipped before it reaches the actor. The value stays ``−mean_b Q`` (the logged
+    actor loss keeps its meaning; rlax's own value would be ``½ ‖clip(∂Q/∂a)‖²``).
 
     Args:
       q: ``[B]`` first-critic values of the policy's actions.
+      action: ``[B, A]`` the policy's actions ``μ_θ(s_b)`` (needed with clipping).
+      dqda: ``[B, A]`` ``∂Q(s_b, a)/∂a`` at those actions (needed with clipping;
+        treated as a constant).
+      dqda_clipping: ``c > 0``, or None for the plain DPG (``action``/``dqda`` unused).
 
     Returns:
       Scalar loss.
+
+    Example:
+        >>> q, pullback = jax.vjp(lambda a: critic(obs, a), actor(obs))
+        >>> loss = dpg_actor_loss(q, actor(obs), pullback(jnp.ones_like(q))[0],
+        ...                       dqda_clipping=1.0)
+
+    Reference: rlax ``dpg_loss`` (its ``dqda_clipping``); Silver et al. 2014.
     """
     check_rank(q, "q", 1, "[B]")
-    return -jnp.mean(q)
+    if dqda_clipping is None:
+        return -jnp.mean(q)
+    validate_dqda_clipping(dqda_clipping)
+    if action is None or dqda is None:
+        raise ValueError("dpg_actor_loss with dqda_clipping needs action [B, A] and dqda "
+                         "[B, A]")
+    check_rank(action, "action", 2, "[B, A]")
+    if jnp.shape(dqda) != jnp.shape(action) or action.shape[0] != q.shape[0]:
+        raise ValueError(f"dqda must have action's shape [B, A] = {action.shape} with "
+                         f"B = {q.shape[0]} as q, got {jnp.shape(dqda)}")
+    clipped = jnp.clip(jax.lax.stop_gradient(dqda), -dqda_clipping, dqda_clipping)
+    target = jax.lax.stop_gradient(action + clipped)
+    surrogate = jnp.mean(0.5 * jnp.sum(jnp.square(target - action), axis=-1))
+    return -jnp.mean(jax.lax.stop_gradient(q)) + surrogate - jax.lax.stop_gradient(surrogate)
+
+
+def validate_dqda_clipping(dqda_clipping) -> None:
+    """Raise ``ValueError`` unless ``dqda_clipping`` is None or a finite number > 0."""
+    if dqda_clipping is None:
+        return
+    if (isinstance(dqda_clipping, bool) or not isinstance(dqda_clipping, numbers.Real)
+            or not math.isfinite(dqda_clipping) or dqda_clipping <= 0):
+        raise ValueError(f"dqda_clipping must be None or a finite number > 0, got "
+                         f"{dqda_clipping!r}")
 
 
 def _bounds(low, high, like: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.checks import check_int
+from common.checks import check_int, concrete_value, poison
 from rl.envs.protocol import Step
 
 ACTION_NAMES = ("up", "right", "down", "left", "stay")
@@ -211,10 +211,14 @@ class GridWorld:
         return s, s
 
     def reset_to(self, key: jax.Array, state_index) -> tuple[jax.Array, jax.Array]:
-        """``(obs, state)`` of an episode starting in ``state_index`` (key unused)."""
+        """``(obs, state)`` of an episode starting in ``state_index`` (key unused).
+
+        Raises ``ValueError`` for a concrete index outside ``[0, S)``; a traced one
+        gives ``−1`` (see :meth:`step`).
+        """
         del key
-        s = jnp.asarray(state_index, jnp.int32)
-        return s, s
+        s, ok = _index(state_index, "state_index", self.num_states)
+        return poison((s, s), ok)
 
     deterministic: ClassVar[bool] = True  # step() ignores its key
 
@@ -225,15 +229,39 @@ class GridWorld:
         terminal states or time limit (``terminated = truncated = False``,
         ``discount = 1``). Pure and jittable. ``key`` is unused by this deterministic
         world (see ``deterministic``) but keeps the protocol's signature.
+
+        A ``state`` outside ``[0, S)`` or an ``action`` outside ``[0, 5)`` (or a
+        non-integer one) raises ``ValueError`` when concrete; when traced the step is
+        poisoned (:func:`common.checks.poison`): states and observations −1, reward and
+        discount NaN, never a move from some other cell.
         """
         del key
         next_state, reward = self._tables
-        index = jnp.asarray(state, jnp.int32) * NUM_ACTIONS + jnp.asarray(action, jnp.int32)
+        state, state_ok = _index(state, "state", self.num_states)
+        action, action_ok = _index(action, "action", NUM_ACTIONS)
+        index = state * NUM_ACTIONS + action
         s2 = jnp.asarray(next_state.ravel())[index]
         r = jnp.asarray(reward.ravel(), dtype=jnp.result_type(float))[index]
         never = jnp.zeros(jnp.shape(r), bool)
-        return Step(obs=s2, state=s2, reward=r, terminated=never, truncated=never,
-                    next_obs=s2, discount=jnp.ones_like(r))
+        return poison(Step(obs=s2, state=s2, reward=r, terminated=never, truncated=never,
+                           next_obs=s2, discount=jnp.ones_like(r)), state_ok & action_ok)
+
+
+def _index(value, name: str, size: int) -> tuple[jax.Array, jax.Array]:
+    """``(value as int32, in range)``: an index in ``[0, size)``. Raises ``ValueError``
+    naming ``name`` when a concrete value is out of range or not an integer; for a traced
+    one the boolean says whether it is valid (its caller poisons the output)."""
+    given = concrete_value(value)
+    if given is not None:
+        if given.dtype == bool or not np.all(np.mod(given, 1) == 0):
+            raise ValueError(f"{name} must be an integer index, got {value!r}")
+        if not np.all((given >= 0) & (given < size)):
+            raise ValueError(f"{name} must be in [0, {size}), got {value!r}")
+    value = jnp.asarray(value)
+    ok = (value >= 0) & (value < size)
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        ok = ok & (jnp.floor(value) == value)
+    return value.astype(jnp.int32), ok
 
 
 def _one_indexed(cells: Sequence[Cell]) -> tuple[Cell, ...]:
@@ -302,9 +330,11 @@ def plot_gridworld(world: GridWorld, values=None, policy=None, *, ax=None, title
 
     With ``values``, cells are a heat map annotated with the value; forbidden cells
     get an orange border and the target a blue one. Without values, forbidden cells
-    are filled orange and the target cyan. ``policy`` ``[S, A]`` draws an arrow per
-    move action with length proportional to its probability, and a circle for
-    "stay".
+    are filled orange and the target cyan. ``policy`` ``[S, A]`` draws the most likely
+    (greedy) action of each state in black (an arrow, or a circle for "stay"; tied actions all
+    drawn) and every other action at least ``min_prob`` likely less prominently, as a
+    grey triangle at the cell's edge (a grey ring for "stay") whose area grows with its
+    probability. :func:`gridworld_legend_handles` gives a legend for these glyphs.
 
     Args:
       world: the grid world.
@@ -315,8 +345,7 @@ def plot_gridworld(world: GridWorld, values=None, policy=None, *, ax=None, title
       value_format: format of the numbers written in the cells.
       cmap, vmin, vmax: heat-map colour map (drawn half transparent) and limits.
       colorbar: add a colour bar next to the heat map.
-      min_prob: actions less likely than this are not drawn (keeps ε-greedy
-        policies readable).
+      min_prob: non-greedy actions less likely than this are not drawn.
 
     Returns:
       The matplotlib axes.
@@ -357,18 +386,36 @@ def plot_gridworld(world: GridWorld, values=None, policy=None, *, ax=None, title
                              f"got {policy.shape}")
         rows, cols = np.divmod(np.arange(S), W)
         y0 = rows - 0.08 if values is not None else rows.astype(float)
-        arrows = [(cols[s], y0[s], dc * 0.34 * policy[s, a], dr * 0.34 * policy[s, a])
-                  for s in range(S) for a, (dr, dc) in enumerate(ACTION_DELTAS[:4])
-                  if policy[s, a] >= min_prob]
-        if arrows:
-            x, y, u, v = np.asarray(arrows).T
-            ax.quiver(x - u / 2, y - v / 2, u, v, angles="xy", scale_units="xy", scale=1.0,
-                      width=0.012, headwidth=4.0, headlength=4.0, headaxislength=3.5,
-                      color="black")
-        stay = policy[:, 4] >= min_prob
-        if stay.any():
-            ax.scatter(cols[stay], y0[stay], s=60.0 * (0.4 + policy[stay, 4]),
-                       facecolors="none", edgecolors="black", linewidths=1.2)
+        greedy = policy >= policy.max(-1, keepdims=True) - 1e-6  # [S, A], ties all True
+        other = ~greedy & (policy >= min_prob)  # [S, A] drawn less prominently
+        moves = np.asarray(ACTION_DELTAS[:4], dtype=float)  # [4, 2] (drow, dcol)
+        # greedy moves: black arrows, centred when alone, pointing out of the centre
+        # (starting just off it) when tied
+        s_idx, a_idx = np.nonzero(greedy[:, :4])
+        if s_idx.size:
+            alone = greedy[s_idx, :4].sum(-1) == 1
+            start, length = np.where(alone, -0.18, 0.08), np.where(alone, 0.36, 0.22)
+            x = cols[s_idx] + start * moves[a_idx, 1]
+            y = y0[s_idx] + start * moves[a_idx, 0]
+            u, v = length * moves[a_idx, 1], length * moves[a_idx, 0]
+            ax.quiver(x, y, u, v, angles="xy", scale_units="xy", scale=1.0, width=0.014,
+                      headwidth=3.6, headlength=3.6, headaxislength=3.2, color="black",
+                      zorder=4)
+        # other moves: grey triangles pointing out of the cell's edges, area ∝ probability
+        s_idx, a_idx = np.nonzero(other[:, :4])
+        for a, marker in enumerate("^>v<"):
+            pick = a_idx == a
+            if pick.any():
+                ax.scatter(cols[s_idx[pick]] + 0.36 * moves[a, 1],
+                           y0[s_idx[pick]] + 0.26 * moves[a, 0],
+                           s=90.0 * policy[s_idx[pick], a], marker=marker, color="0.45",
+                           linewidths=0, zorder=3)
+        if greedy[:, 4].any():
+            ax.scatter(cols[greedy[:, 4]], y0[greedy[:, 4]], s=60.0, facecolors="none",
+                       edgecolors="black", linewidths=1.3, zorder=4)
+        if other[:, 4].any():
+            ax.scatter(cols[other[:, 4]], y0[other[:, 4]], s=80.0 + 150.0 * policy[other[:, 4], 4],
+                       facecolors="none", edgecolors="0.65", linewidths=0.6, zorder=3)
     ax.set_xlim(-0.5, W - 0.5)
     ax.set_ylim(H - 0.5, -0.5)
     ax.set_xticks(np.arange(-0.5, W, 1.0), minor=True)
@@ -381,3 +428,36 @@ def plot_gridworld(world: GridWorld, values=None, policy=None, *, ax=None, title
     if title:
         ax.set_title(title, fontsize=9)
     return ax
+
+
+def gridworld_legend_handles(*, filled: bool = False, stochastic: bool = False) -> list:
+    """Legend entries for the glyphs of :func:`plot_gridworld`.
+
+    Args:
+      filled: special cells drawn filled (plots without values) instead of outlined.
+      stochastic: also explain the grey glyphs of non-greedy actions.
+
+    Returns:
+      A list of labelled matplotlib artists for ``legend(handles=...)``.
+
+    Example:
+        >>> fig.legend(handles=gridworld_legend_handles(stochastic=True), ncols=5)
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    def cell(color, label):
+        if filled:
+            return Patch(facecolor=color, alpha=0.8, label=label)
+        return Patch(facecolor="none", edgecolor=color, linewidth=2.5, label=label)
+
+    handles = [cell("tab:orange", "forbidden cell"), cell("tab:cyan", "target cell"),
+               Line2D([], [], color="black", marker=r"$\rightarrow$", markersize=11,
+                      linestyle="none", label="greedy (most likely) action"),
+               Line2D([], [], color="black", marker="o", markerfacecolor="none",
+                      markersize=7, linestyle="none", label="greedy action: stay")]
+    if stochastic:
+        handles.append(Line2D([], [], color="0.45", marker=">", markersize=5,
+                              linestyle="none",
+                              label="other action (grey, area ∝ probability)"))
+    return handles

@@ -18,6 +18,9 @@ losses ``[B]`` (take ``.mean()`` for TRL's batch loss). A new loss is one decora
 function and is then covered by the shared family tests (reference formula, finite
 values and gradients at ``|log-ratio| = 1e4``, bad inputs).
 
+Bad values follow :mod:`common.checks`: concrete ones raise ``ValueError`` naming the
+argument, traced ones (a ``β`` sweep under ``vmap``, inputs under ``jit``) give NaN losses.
+
 Numerics: every ``−log σ(x)`` is ``−jax.nn.log_sigmoid(x)`` (a softplus, no overflow),
 ``exp`` terms are folded into log-space where a sigmoid multiplies them (DiscoPOP), and
 ORPO's ``log(1 − p)`` uses a stable ``log1mexp``; all losses are finite, with finite
@@ -45,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from common.checks import is_concrete, shape_of
+from common.checks import poison, shape_of, value_ok
 from common.registry import Registry
 
 __all__ = [
@@ -66,7 +69,9 @@ class PreferenceInputs(NamedTuple):
     """The validated inputs every registered loss receives (all ``[B]`` or None).
 
     ``ref_*`` are zeros in reference-free mode; ``*_lengths`` are floats clamped to
-    ``>= 1`` (TRL's ``clamp(min=1)``) when given.
+    ``>= 1`` (TRL's ``clamp(min=1)``) when given, for per-sequence normalisation;
+    ``chosen_token_counts`` are the same counts unclamped (a zero-length completion
+    counts 0 tokens), for batch token means.
     """
 
     policy_chosen_logps: jax.Array
@@ -75,6 +80,7 @@ class PreferenceInputs(NamedTuple):
     ref_rejected_logps: jax.Array | None
     chosen_lengths: jax.Array | None
     rejected_lengths: jax.Array | None
+    chosen_token_counts: jax.Array | None = None
 
     @property
     def chosen_logratios(self) -> jax.Array:
@@ -99,22 +105,26 @@ class PreferenceLoss:
     Attributes:
       name: the ``loss_type`` string.
       fn: ``fn(inputs: PreferenceInputs, *, beta, label_smoothing, **options) -> [B]``.
-      label_smoothing: ``(low, high, high_inclusive)`` range the loss accepts, or None
-        when the loss does not use label smoothing (then it must be 0).
+      label_smoothing: ``(low, high, high_inclusive)`` range the loss accepts (``low``
+        included), ``(low, high, high_inclusive, low_inclusive)`` to say whether ``low``
+        is, or None when the loss does not use label smoothing (then it must be 0).
       needs_lengths: True, False, or ``f(options) -> bool`` (e.g. IPO needs lengths
         only in its length-normalised form).
       needs_reference: False for reference-free losses (SimPO, CPO, ORPO, SFT).
       needs_rejected: False for losses of the chosen completions only (SFT).
+      nonpositive_logps: True when the policy log-probs must be ``<= 0`` (ORPO's
+        ``log(1 − p)``); larger values are refused (eager) or poison the loss (traced).
       options: extra keyword options the loss accepts, with their defaults.
       paper: where the loss comes from.
     """
 
     name: str
     fn: Callable[..., jax.Array]
-    label_smoothing: tuple[float, float, bool] | None = None
+    label_smoothing: tuple[float, float, bool] | tuple[float, float, bool, bool] | None = None
     needs_lengths: bool | Callable[[Mapping[str, Any]], bool] = False
     needs_reference: bool = True
     needs_rejected: bool = True
+    nonpositive_logps: bool = False
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     paper: str = ""
 
@@ -123,13 +133,19 @@ class PreferenceLoss:
             return bool(self.needs_lengths(options))
         return bool(self.needs_lengths)
 
+    def label_smoothing_interval(self) -> tuple[float, float, bool, bool]:
+        """``(low, high, low_inclusive, high_inclusive)``; requires ``label_smoothing``."""
+        low, high, high_inclusive, *rest = self.label_smoothing
+        return low, high, bool(rest[0]) if rest else True, high_inclusive
+
 
 PREFERENCE_LOSSES: Registry[PreferenceLoss] = Registry("preference loss")
 
 
-def register_preference_loss(name: str, *, label_smoothing: tuple[float, float, bool] | None
-                             = None, needs_lengths: bool | Callable = False,
+def register_preference_loss(name: str, *, label_smoothing: tuple | None = None,
+                             needs_lengths: bool | Callable = False,
                              needs_reference: bool = True, needs_rejected: bool = True,
+                             nonpositive_logps: bool = False,
                              options: Mapping[str, Any] | None = None, paper: str = ""):
     """Decorator registering ``fn(inputs, *, beta, label_smoothing, **options) -> [B]``.
 
@@ -143,7 +159,7 @@ def register_preference_loss(name: str, *, label_smoothing: tuple[float, float, 
         PREFERENCE_LOSSES.add(name, PreferenceLoss(
             name=name, fn=fn, label_smoothing=label_smoothing, needs_lengths=needs_lengths,
             needs_reference=needs_reference, needs_rejected=needs_rejected,
-            options=dict(options or {}), paper=paper))
+            nonpositive_logps=nonpositive_logps, options=dict(options or {}), paper=paper))
         return fn
 
     return decorator
@@ -201,10 +217,7 @@ def ipo_loss(x: PreferenceInputs, *, beta, label_smoothing, ipo_normalize=True):
     return (delta - 1.0 / (2.0 * beta)) ** 2
 
 
-EXO_DEFAULT_EPSILON = 1e-3
-
-
-@register_preference_loss("exo_pair", label_smoothing=(0.0, 1.0, False),
+@register_preference_loss("exo_pair", label_smoothing=(0.0, 1.0, False, False),
                           paper="Ji et al. 2024, 'Towards Efficient Exact Optimization of "
                                 "Language Model Alignment' (EXO), eq. 16")
 def exo_pair_loss(x: PreferenceInputs, *, beta, label_smoothing):
@@ -212,10 +225,11 @@ def exo_pair_loss(x: PreferenceInputs, *, beta, label_smoothing):
     ``p_θ = (σ(βΔ), σ(−βΔ))`` and ``p_ε = (1 − ε, ε)``:
     ``σ(βΔ)(log σ(βΔ) − log(1 − ε)) + σ(−βΔ)(log σ(−βΔ) − log ε)``.
 
-    ``ε = label_smoothing``; ``0`` means TRL's default ``ε = 1e-3`` (``log ε`` must be
-    finite).
+    ``ε = label_smoothing`` in ``(0, 1)``: ``log ε`` must be finite, so ``ε = 0`` is
+    refused, as in TRL 1.x (TRL 0.19 and earlier silently replaced 0 by ``1e-3``; pass
+    ``label_smoothing=1e-3`` for that loss).
     """
-    eps = jnp.where(label_smoothing == 0, EXO_DEFAULT_EPSILON, label_smoothing)
+    eps = label_smoothing
     z = beta * x.logits
     return (jax.nn.sigmoid(z) * (jax.nn.log_sigmoid(z) - jnp.log1p(-eps))
             + jax.nn.sigmoid(-z) * (jax.nn.log_sigmoid(-z) - jnp.log(eps)))
@@ -327,9 +341,11 @@ def sft_loss(x: PreferenceInputs, *, beta, label_smoothing):
     """Negative log-likelihood of the chosen completions (only ``policy_chosen_logps``
     is read).
 
-    With ``chosen_lengths`` (and summed log-probs): TRL's token-mean cross-entropy
-    ``−Σ_b log π(y_w,b) / Σ_b |y_w,b|``, the same value for every pair; without
-    lengths: ``−log π(y_w)`` per pair (use mean log-probs for a per-token NLL).
+    With ``chosen_lengths`` (and summed log-probs): TRL 1.x's token-mean cross-entropy
+    ``−Σ_b log π(y_w,b) / Σ_b |y_w,b|``, the same value for every pair, over the real
+    completion tokens only: a zero-length completion adds 0 tokens (not the 1 of the
+    per-sequence ``clamp(min=1)``), see :func:`_token_mean_nll`. Without lengths:
+    ``−log π(y_w)`` per pair (use mean log-probs for a per-token NLL).
     """
     if x.chosen_lengths is None:
         return -x.policy_chosen_logps
@@ -338,8 +354,15 @@ def sft_loss(x: PreferenceInputs, *, beta, label_smoothing):
 
 def _token_mean_nll(x: PreferenceInputs) -> jax.Array:
     """``−Σ_b log π(y_w,b) / Σ_b |y_w,b|`` broadcast to ``[B]`` (a batch's token-mean
-    cross-entropy on the chosen completions, from summed log-probs and lengths)."""
-    nll = -jnp.sum(x.policy_chosen_logps) / jnp.sum(x.chosen_lengths)
+    cross-entropy on the chosen completions, from summed log-probs and lengths).
+
+    As TRL 1.x's ``cross_entropy`` over non-padding tokens, the denominator counts real
+    tokens: unclamped lengths (``chosen_token_counts``), so a zero-length completion
+    contributes 0 tokens and 0 log-probability. A batch without any token gives 0
+    (TRL: NaN), the denominator being clamped to ``>= 1`` only as a whole.
+    """
+    counts = x.chosen_lengths if x.chosen_token_counts is None else x.chosen_token_counts
+    nll = -jnp.sum(x.policy_chosen_logps) / jnp.maximum(jnp.sum(counts), 1.0)
     return jnp.broadcast_to(nll, x.policy_chosen_logps.shape)
 
 
@@ -397,6 +420,7 @@ def _log1mexp(a: jax.Array) -> jax.Array:
 
 
 @register_preference_loss("orpo", needs_lengths=True, needs_reference=False,
+                          nonpositive_logps=True,
                           paper="Hong et al. 2024, 'ORPO: Monolithic Preference Optimization "
                                 "without Reference Model', eqs. 6-7")
 def orpo_loss(x: PreferenceInputs, *, beta, label_smoothing):
@@ -406,7 +430,8 @@ def orpo_loss(x: PreferenceInputs, *, beta, label_smoothing):
     log-likelihood of the chosen completions (TRL ``ORPOTrainer``).
 
     ``ℓ`` is clamped to at most ``−ϵ`` (machine epsilon) so that a completion of
-    probability 1, whose odds are infinite, gives a finite loss.
+    probability 1, whose odds are infinite, gives a finite loss. Log-probabilities
+    ``> 0`` are not probabilities: refused when concrete, a NaN loss when traced.
     """
     dtype = x.policy_chosen_logps.dtype
     tiny = jnp.finfo(dtype).eps
@@ -473,8 +498,8 @@ def kto_loss(policy_logps: jax.Array, ref_logps: jax.Array, desirable: jax.Array
       ref_logps: ``[N]`` reference sequence log-probs.
       desirable: ``[N]`` boolean labels.
       kl: the scalar reference point ``z_0`` (:func:`kto_kl_estimate`), not differentiated.
-      beta: ``β > 0``.
-      desirable_weight, undesirable_weight: ``λ_D``, ``λ_U`` (TRL's names).
+      beta: finite ``β > 0``.
+      desirable_weight, undesirable_weight: ``λ_D, λ_U >= 0`` (TRL's names).
 
     Returns:
       ``[N]`` per-completion losses (TRL averages them).
@@ -496,12 +521,13 @@ def kto_loss(policy_logps: jax.Array, ref_logps: jax.Array, desirable: jax.Array
         raise ValueError(f"desirable must be a boolean array, got dtype {desirable.dtype}")
     if jnp.ndim(kl) != 0:
         raise ValueError(f"kl must be a scalar, got shape {shape_of(kl)}")
-    _check_beta(beta)
+    ok = _check_beta(beta) & _check_options({"desirable_weight": desirable_weight,
+                                             "undesirable_weight": undesirable_weight})
     z0 = jax.lax.stop_gradient(jnp.asarray(kl, policy_logps.dtype))
     rho = policy_logps - ref_logps
     good = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (rho - z0)))
     bad = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - rho)))
-    return jnp.where(desirable, good, bad)
+    return poison(jnp.where(desirable, good, bad), ok)
 
 
 # ----------------------------------------------------------------------------- reward model
@@ -640,41 +666,63 @@ def _check_same(x, name: str, like, like_name: str, *, floating: bool = True) ->
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
 
 
-def _check_beta(beta) -> None:
+def _finite_and(test: Callable) -> Callable:
+    return lambda v: jnp.isfinite(v) & test(v)
+
+
+def _check_beta(beta):
+    """``β`` a finite scalar > 0 (``inf`` would make every loss a step function)."""
     if jnp.ndim(beta) != 0:
         raise ValueError(f"beta must be a scalar, got shape {shape_of(beta)}")
-    if is_concrete(beta) and not float(beta) > 0:
-        raise ValueError(f"beta must be > 0, got {float(beta)}")
+    return value_ok(beta, "beta", _finite_and(lambda b: b > 0), "finite and > 0")
 
 
-def _check_label_smoothing(label_smoothing, specs: Sequence[PreferenceLoss]) -> None:
+# Option values a loss cannot use: the condition and how the message states it.
+_OPTION_CHECKS = {
+    "discopop_tau": (_finite_and(lambda v: v > 0), "finite and > 0"),
+    "desirable_weight": (_finite_and(lambda v: v >= 0), "finite and >= 0"),
+    "undesirable_weight": (_finite_and(lambda v: v >= 0), "finite and >= 0"),
+}
+
+
+def _check_options(options: Mapping[str, Any]):
+    ok = True
+    for name, value in options.items():
+        if name in _OPTION_CHECKS:
+            condition, expected = _OPTION_CHECKS[name]
+            ok = ok & value_ok(value, name, condition, expected)
+    return ok
+
+
+def _check_label_smoothing(label_smoothing, specs: Sequence[PreferenceLoss]):
     if jnp.ndim(label_smoothing) != 0:
         raise ValueError(f"label_smoothing must be a scalar, got shape {shape_of(label_smoothing)}")
-    if not is_concrete(label_smoothing):
-        return
-    value = float(label_smoothing)
     users = [s for s in specs if s.label_smoothing is not None]
     if not users:
-        if value != 0.0:
-            names = ", ".join(repr(s.name) for s in specs)
-            raise ValueError(f"label_smoothing={value} is not used by loss_type {names}; "
-                             "it must be 0")
-        return
+        names = ", ".join(repr(s.name) for s in specs)
+        return value_ok(label_smoothing, "label_smoothing", lambda v: v == 0,
+                         f"0: it is not used by loss_type {names}")
+    ok = True
     for spec in users:
-        low, high, inclusive = spec.label_smoothing
-        ok = low <= value and (value <= high if inclusive else value < high)
-        if not ok:
-            bracket = "]" if inclusive else ")"
-            raise ValueError(f"label_smoothing must be in [{low}, {high}{bracket} for loss_type "
-                             f"{spec.name!r}, got {value}")
+        low, high, low_in, high_in = spec.label_smoothing_interval()
+        interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+        ok = ok & value_ok(
+            label_smoothing, "label_smoothing",
+            lambda v, low=low, high=high, low_in=low_in, high_in=high_in: (
+                (v >= low if low_in else v > low) & (v <= high if high_in else v < high)),
+            f"in {interval} for loss_type {spec.name!r}")
+    return ok
 
 
-def _as_lengths(lengths, name: str, like) -> jax.Array:
+def _as_lengths(lengths, name: str, like) -> tuple[jax.Array, jax.Array, Any]:
+    """``(lengths clamped to >= 1, lengths as given, ok)`` as floats of ``like``'s dtype."""
     lengths = jnp.asarray(lengths)
     if shape_of(lengths) != shape_of(like):
         raise ValueError(f"{name} must have shape [B] = {shape_of(like)}, got shape "
                          f"{shape_of(lengths)}")
-    return jnp.maximum(lengths.astype(like.dtype), 1.0)
+    ok = value_ok(lengths, name, _finite_and(lambda v: v >= 0), "finite token counts >= 0")
+    counts = lengths.astype(like.dtype)
+    return jnp.maximum(counts, 1.0), counts, ok
 
 
 def _loss_types(loss_type, loss_weights) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -713,7 +761,7 @@ def preference_loss(policy_chosen_logps: jax.Array,
       ref_chosen_logps, ref_rejected_logps: ``[B]`` reference log-probs; None for
         reference-free losses or with ``reference_free=True``.
       loss_type: a registered name (``PREFERENCE_LOSSES.names()``) or a sequence of them.
-      beta: ``β > 0`` (a scalar; may be traced, e.g. vmapped over a sweep).
+      beta: finite ``β > 0`` (a scalar; may be traced, e.g. vmapped over a sweep).
       label_smoothing: ``ε``, checked against the range of each loss that uses it
         (e.g. ``[0, ½]`` for sigmoid, ``[0, ½)`` for robust); must be 0 when no chosen
         loss uses it.
@@ -731,8 +779,12 @@ def preference_loss(policy_chosen_logps: jax.Array,
     Raises:
       common.registry.UnknownNameError: an unknown ``loss_type`` (lists the valid ones).
       ValueError: mismatched shapes (naming the argument), missing lengths or
-        reference log-probs, an option no chosen loss accepts, ``beta <= 0`` or a
-        ``label_smoothing`` outside the range a loss allows.
+        reference log-probs, an option no chosen loss accepts, and, for concrete
+        values: ``beta`` not finite and > 0, a ``label_smoothing`` outside the range a
+        loss allows (``exo_pair``: ``(0, 1)``), negative or non-finite lengths,
+        ``discopop_tau <= 0``, negative KTO weights, ORPO log-probs ``> 0``. Traced
+        values (inside ``jit``/``vmap``/``grad``) that fail these checks give NaN
+        losses instead (:func:`common.checks.poison`).
 
     Example:
         >>> losses = preference_loss(pc, pr, rc, rr, loss_type="ipo", beta=0.1,
@@ -745,8 +797,7 @@ def preference_loss(policy_chosen_logps: jax.Array,
 
     pc = jnp.asarray(policy_chosen_logps)
     _check_vector(pc, "policy_chosen_logps")
-    _check_beta(beta)
-    _check_label_smoothing(label_smoothing, specs)
+    ok = _check_beta(beta) & _check_label_smoothing(label_smoothing, specs)
 
     accepted: dict[str, Any] = {}
     for spec in specs:
@@ -756,9 +807,7 @@ def preference_loss(policy_chosen_logps: jax.Array,
         valid = ", ".join(sorted(accepted)) or "(none)"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for loss_type "
                          f"{list(names)}; accepted options: {valid}")
-    if "discopop_tau" in options and is_concrete(options["discopop_tau"]) and not float(
-            options["discopop_tau"]) > 0:
-        raise ValueError(f"discopop_tau must be > 0, got {options['discopop_tau']}")
+    ok = ok & _check_options(options)
 
     def vector(x, name):
         if x is None:
@@ -789,14 +838,24 @@ def preference_loss(policy_chosen_logps: jax.Array,
         missing = "chosen_lengths" if chosen_lengths is None else "rejected_lengths"
         raise ValueError(f"{missing} is required: loss_type {need_len} is length-normalised "
                          "(pass the completion token counts [B])")
-    lc = None if chosen_lengths is None else _as_lengths(chosen_lengths, "chosen_lengths", pc)
-    lr = None if rejected_lengths is None else _as_lengths(rejected_lengths,
-                                                           "rejected_lengths", pc)
+    lc = lr = counts = None
+    if chosen_lengths is not None:
+        lc, counts, lengths_ok = _as_lengths(chosen_lengths, "chosen_lengths", pc)
+        ok = ok & lengths_ok
+    if rejected_lengths is not None:
+        lr, _, lengths_ok = _as_lengths(rejected_lengths, "rejected_lengths", pc)
+        ok = ok & lengths_ok
+    for spec in specs:
+        if spec.nonpositive_logps:
+            for logps, name in ((pc, "policy_chosen_logps"), (pr, "policy_rejected_logps")):
+                if logps is not None:
+                    ok = ok & value_ok(logps, name, lambda v: v <= 0,
+                                        f"<= 0 (log-probabilities) for loss_type {spec.name!r}")
 
-    inputs = PreferenceInputs(pc, pr, rc, rr, lc, lr)
+    inputs = PreferenceInputs(pc, pr, rc, rr, lc, lr, counts)
     total = jnp.zeros_like(pc)
     for spec, weight in zip(specs, weights, strict=True):
         own = {k: options.get(k, default) for k, default in spec.options.items()}
         losses = spec.fn(inputs, beta=beta, label_smoothing=label_smoothing, **own)
         total = total + weight * losses.astype(pc.dtype)
-    return total
+    return poison(total, ok)

@@ -34,7 +34,14 @@ import numpy as np
 from common.checks import check_fields, check_in_range
 from common.recipe import RunContext, register_recipe
 from rl import dp, monte_carlo
-from rl.envs.gridworld import GridWorld, book_2x2, book_5x5, one_hot_policy, plot_gridworld
+from rl.envs.gridworld import (
+    GridWorld,
+    book_2x2,
+    book_5x5,
+    gridworld_legend_handles,
+    one_hot_policy,
+    plot_gridworld,
+)
 
 # The book's optimal state values of the 5x5 example (γ = 0.9, r_boundary =
 # r_forbidden = −1, r_target = 1), as printed to one decimal (chapter 3).
@@ -53,12 +60,48 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _panel_grid(rows: int, cols: int, size: float = 2.5):
+def _grid_panels(world: GridWorld, panels, suptitle: str, *, cols: int | None = None,
+                 size: float = 2.6, caption: str | None = None,
+                 value_label: str = "state value v(s)", value_format: str = "{:.1f}"):
+    """Grid-world panels ``(title, values [S], policy [S, A])`` on one colour scale.
+
+    One colour bar for the whole figure (the same colour is the same value in every
+    panel), and a legend of the cell and policy glyphs under the panels; ``caption``
+    (lines of text) goes at the bottom.
+    """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3),
-                             squeeze=False)
-    return fig, axes
+    n = len(panels)
+    cols = min(cols or n, n)
+    rows = -(-n // cols)
+    caption_in = 0.15 * (caption.count("\n") + 1) + 0.05 if caption else 0.0
+    strip_in = 0.4 + caption_in  # legend row + caption
+    width, height = size * cols + 1.0, size * rows + 0.55 + strip_in
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False,
+                             layout="constrained")
+    strip = strip_in / height
+    fig.get_layout_engine().set(rect=(0.0, strip, 1.0, 1.0 - strip))
+    values = np.stack([np.asarray(v, dtype=float) for _, v, _ in panels])
+    vmin, vmax = float(values.min()), float(values.max())
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (title, v, policy) in zip(axes.ravel(), panels, strict=False):
+        plot_gridworld(world, v, policy, ax=ax, title=title, vmin=vmin, vmax=vmax,
+                       value_format=value_format)
+    fig.colorbar(axes[0, 0].images[0], ax=axes, shrink=0.85, aspect=25, label=value_label)
+    # the grey glyphs of non-greedy actions appear (plot_gridworld's min_prob = 0.05)
+    stochastic = any(((p < p.max(-1, keepdims=True) - 1e-6) & (p >= 0.05)).any()
+                     for p in (np.asarray(p, dtype=float) for _, _, p in panels))
+    fig.legend(handles=gridworld_legend_handles(stochastic=stochastic), loc="upper center",
+               bbox_to_anchor=(0.5, strip), ncols=5, fontsize=8, frameon=False,
+               handlelength=1.5, columnspacing=1.2)
+    if caption:
+        fig.text(0.5, 0.08 / height, caption, ha="center", va="bottom", fontsize=8,
+                 linespacing=1.35)
+    fig.suptitle(suptitle)
+    return fig
 
 
 def _forbidden_entries(world: GridWorld, policy) -> int:
@@ -101,30 +144,44 @@ class GridworldDPConfig:
 
 
 def _dp_optimal_figure(results, cfg):
-    fig, axes = _panel_grid(len(cfg.r_forbiddens), len(cfg.gammas))
-    for i, r_forbidden in enumerate(cfg.r_forbiddens):
-        world = book_5x5(r_forbidden=r_forbidden)
-        for j, gamma in enumerate(cfg.gammas):
-            res = results[(r_forbidden, gamma)]
-            plot_gridworld(world, res.values, res.policy, ax=axes[i, j],
-                           title=f"γ={_fmt(gamma)}, r_forbidden={_fmt(r_forbidden)}")
-    fig.suptitle("Optimal state values and policies of the 5×5 grid world")
-    fig.tight_layout()
-    return fig
+    panels = [(f"γ={_fmt(gamma)}, r_forbidden={_fmt(r_forbidden)}",
+               results[(r_forbidden, gamma)].values, results[(r_forbidden, gamma)].policy)
+              for r_forbidden in cfg.r_forbiddens for gamma in cfg.gammas]
+    # the cells' layout does not depend on the rewards: one world draws every panel
+    return _grid_panels(book_5x5(), panels,
+                        "Optimal state values and policies of the 5×5 grid world",
+                        cols=len(cfg.gammas), value_label="optimal value v*(s)")
 
 
-def _dp_convergence_figure(curves, title):
+def _dp_convergence_figure(curves, title, tol):
+    """Every curve in full, to the iteration at which its algorithm stopped."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    floor = 1e-12  # an exact 0 (policy iteration's final evaluation) is drawn here
+    fig, ax = plt.subplots(figsize=(7.5, 4.4), layout="constrained")
     for label, errors in curves.items():
-        errors = np.maximum(np.asarray(errors), 1e-12)
-        ax.semilogy(np.arange(len(errors)), errors, label=label,
-                    marker="o" if len(errors) < 15 else None, markersize=3)
-    ax.set_xlabel("iteration k")
-    ax.set_ylabel("‖v_k − v*‖∞")
+        errors = np.maximum(np.asarray(errors), floor)
+        k = np.arange(len(errors))
+        # j = 1 retraces value iteration: dashed, so that both stay visible
+        (line,) = ax.semilogy(k, errors, marker="o" if len(errors) < 15 else None,
+                              markersize=3, linestyle="--" if "≡" in label else "-",
+                              label=f"{label}: stops at k={len(errors) - 1}")
+        ax.plot(k[-1], errors[-1], marker="s", markersize=5, color=line.get_color())
+    stops = {len(e) - 1 for label, e in curves.items()
+             if label == "value iteration" or "≡" in label}
+    if len(stops) > 1:  # same algorithm, different float rounding of the stopping test
+        ax.text(0.98, 0.04, "truncated PI with j = 1 is value iteration; their stops differ\n"
+                "only by floating-point rounding of ‖v_k+1 − v_k‖∞ near the threshold",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="gray")
+    ax.axhline(tol, color="gray", linestyle=":", linewidth=1)
+    ax.annotate(f"stopping threshold {tol:g} (on ‖v_k+1 − v_k‖∞)", (1, tol),
+                xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                textcoords="offset points", ha="right", va="bottom", fontsize=7,
+                color="gray")
+    ax.set_xlabel("iteration k (square: last iteration)")
+    ax.set_ylabel(f"‖v_k − v*‖∞ (0 drawn at {floor:g})")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
     return fig
 
@@ -133,6 +190,8 @@ def _dp_convergence_figure(curves, title):
     "gridworld-dp",
     "Bellman equations on the book's grid world: optimal values/policies for several γ "
     "and r_forbidden, value vs (truncated) policy iteration, the 2x2 examples",
+    claim=("the 5×5 optimal values match the book's table to its rounding; value and policy "
+           "iteration agree"),
     quick=GridworldDPConfig(),
     full=GridworldDPConfig(truncation_steps=(1, 2, 3, 6, 20, 100), max_iters=2000,
                            tol=1e-7),
@@ -174,19 +233,20 @@ def gridworld_dp(ctx: RunContext, cfg: GridworldDPConfig) -> dict:
     # convergence of VI, PI and truncated PI toward v*
     v_exact = np.asarray(dp.policy_evaluation(P, R, pi.policy, 0.9).values)
     curves = {}
-    horizon = 60
     k_pi = int(pi.num_iterations)
     curves["policy iteration"] = np.abs(np.asarray(pi.history[:k_pi + 1]) - v_exact).max(-1)
+    k_vi = int(vi.num_iterations)
+    curves["value iteration"] = np.abs(np.asarray(vi.history[:k_vi + 1]) - v_exact).max(-1)
     for j in cfg.truncation_steps:
         tpi = dp.truncated_policy_iteration(P, R, 0.9, num_eval_steps=j, tol=cfg.tol,
                                             max_iters=cfg.max_iters)
-        label = "value iteration (j=1)" if j == 1 else f"truncated PI, j={j}"
-        stop = min(horizon, int(tpi.num_iterations) + 1)  # later rows repeat the last
+        label = f"truncated PI, j={j}" + (" (≡ value iteration)" if j == 1 else "")
+        stop = int(tpi.num_iterations) + 1  # later rows of the history repeat the last
         curves[label] = np.abs(np.asarray(tpi.history[:stop]) - v_exact).max(-1)
         summary[f"truncated_pi_j{j}_iterations"] = int(tpi.num_iterations)
     ctx.save_figure(_dp_convergence_figure(
-        curves, "γ=0.9, r_forbidden=−1: value, policy and truncated policy iteration"),
-        "dp_convergence")
+        curves, "γ=0.9, r_forbidden=−1: value, policy and truncated policy iteration",
+        cfg.tol), "dp_convergence")
 
     # how γ and r_forbidden shape the policy: moves into forbidden cells
     entries = {f"rf{_fmt(rf)}_gamma{_fmt(g)}": _forbidden_entries(book_5x5(r_forbidden=rf),
@@ -219,15 +279,14 @@ def gridworld_dp(ctx: RunContext, cfg: GridworldDPConfig) -> dict:
         for name, p in policies.items()}
     summary["book_2x2_optimal_values_gamma0.9"] = np.round(
         np.asarray(dp.value_iteration(P2, R2, 0.9).values, np.float64), 4).tolist()
-    fig, axes = _panel_grid(1, len(policies) + 1, size=2.2)
-    for ax, (name, p) in zip(axes[0], policies.items(), strict=False):
-        plot_gridworld(small, dp.policy_evaluation(P2, R2, p, 0.9).values, p, ax=ax,
-                       title=name, value_format="{:.2f}")
     opt2 = dp.value_iteration(P2, R2, 0.9)
-    plot_gridworld(small, opt2.values, opt2.policy, ax=axes[0, -1], title="optimal",
-                   value_format="{:.2f}")
-    fig.tight_layout()
-    ctx.save_figure(fig, "dp_2x2_examples")
+    titles = {"mixed": "mixed: s1 right or down (½ each)"}
+    panels = [(titles.get(name, name.replace("_", " ")),
+               dp.policy_evaluation(P2, R2, p, 0.9).values, p) for name, p in policies.items()]
+    panels.append(("optimal", opt2.values, opt2.policy))
+    ctx.save_figure(_grid_panels(small, panels, "The 2×2 world of chapter 2 (γ = 0.9)",
+                                 size=2.2, value_format="{:.2f}", value_label="v_π(s)"),
+                    "dp_2x2_examples")
     summary["seconds"] = time.perf_counter() - t0
     return summary
 
@@ -285,19 +344,12 @@ class GridworldMCConfig:
 
 
 def _mc_basic_figure(world, sweep, lengths, snapshot_lengths):
-    shown = [L for L in snapshot_lengths if L in lengths]
-    cols = min(4, len(shown)) or 1
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = _panel_grid(rows, cols)
-    for ax in axes.ravel()[len(shown):]:
-        ax.axis("off")
-    for ax, L in zip(axes.ravel(), shown, strict=False):
-        i = lengths.index(L)
-        plot_gridworld(world, sweep.values[i], sweep.policy[i], ax=ax,
-                       title=f"episode length {L}")
-    fig.suptitle("MC Basic: estimated values and greedy policies vs episode length")
-    fig.tight_layout()
-    return fig
+    shown = [L for L in snapshot_lengths if L in lengths] or [lengths[-1]]
+    panels = [(f"episode length {L}", sweep.values[lengths.index(L)],
+               sweep.policy[lengths.index(L)]) for L in shown]
+    return _grid_panels(world, panels,
+                        "MC Basic: estimated values and greedy policies vs episode length",
+                        cols=4, value_label="estimated value v_MC(s)")
 
 
 def _mc_basic_curves(lengths, optimal_states, positive_states, value_error, num_states):
@@ -343,19 +395,47 @@ def _mc_basic_summary(world, cfg, sweep, true_values, v_star, summary):
     return lengths, optimal_states, positive_states, value_error
 
 
-def _mc_policies_figure(world, title_values, suptitle):
-    fig, axes = _panel_grid(1, len(title_values), size=2.6)
-    for ax, (title, values, policy) in zip(axes[0], title_values, strict=False):
-        plot_gridworld(world, values, policy, ax=ax, title=title)
-    fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
+def _memory_caption(cfg, es_true, v_star, world) -> str:
+    """What ``memory`` is, and why the plain average stalls when it does."""
+    lines = [f"memory: the factor by which past sums and counts of returns are multiplied at "
+             f"every policy update (every {cfg.batch} episodes).",
+             "memory 1 is the book's plain average of all returns; memory < 1 an "
+             "exponentially weighted one that forgets returns of earlier policies."]
+    plain = [i for i, m in enumerate(cfg.es_memories) if m == 1.0]
+    if not plain:
+        return "\n".join(lines)
+    true = es_true[plain[0]]
+    optimal = int((np.abs(true - v_star) < OPTIMAL_ATOL).sum())
+    if optimal == world.num_states:
+        return "\n".join(lines)
+    forget = [m for m in cfg.es_memories if m < 1.0]
+    fix = (f"; forgetting (memory {_fmt(forget[0])}) avoids it" if forget else "")
+    if np.abs(true).max() < 0.5:  # never collects the target's reward
+        lines += [f"Memory 1 stalls: with r_forbidden = {_fmt(cfg.r_forbidden)}, the returns "
+                  "of the first (uniformly random) episodes are strongly negative and stay in the "
+                  "averages,",
+                  "so moving toward the target looks worse than staying in safe cells; the "
+                  "greedy policy then never reaches the target (true v_π ≈ 0), and",
+                  "exploring starts add new returns too slowly to outweigh the old ones. A "
+                  f"failure mode of the book's plain average at this budget, not a bug{fix}."]
+    else:
+        lines.append(f"Memory 1 falls short ({optimal}/{world.num_states} states optimal): "
+                     f"returns of earlier, worse policies linger in the plain average{fix}.")
+    return "\n".join(lines)
+
+
+def _mc_policies_figure(world, title_values, suptitle, caption=None,
+                        value_label="true value v_π(s)"):
+    return _grid_panels(world, title_values, suptitle, caption=caption,
+                        value_label=value_label)
 
 
 @register_recipe(
     "gridworld-mc",
     "Monte Carlo control on the book's grid world: MC Basic vs episode length, "
     "Exploring Starts, ε-greedy for several ε, judged by exact policy evaluation",
+    claim=("MC Basic's estimates turn positive everywhere from episode length 15; ε-greedy "
+           "policies judged by exact evaluation"),
     quick=GridworldMCConfig(),
     full=GridworldMCConfig(episodes=100000, batch=100, eps_seeds=4,
                            basic_iterations=20),
@@ -419,11 +499,15 @@ def gridworld_mc(ctx: RunContext, cfg: GridworldMCConfig) -> dict:
         gap = np.abs(es_true[i] - v_star)
         summary[f"mc_es_memory{_fmt(m)}_max_value_gap"] = float(gap.max())
         summary[f"mc_es_memory{_fmt(m)}_optimal_states"] = int((gap < OPTIMAL_ATOL).sum())
-        panels.append((f"ES, memory {_fmt(m)}: true v_π", es_true[i], es.policy[i]))
-    panels.append(("optimal (value iteration)", v_star, opt.policy))
+        kind = "plain average" if m == 1.0 else "forgetting"
+        panels.append((f"ES, memory {_fmt(m)} ({kind})\ntrue v_π: "
+                       f"{int((gap < OPTIMAL_ATOL).sum())}/{world.num_states} states optimal",
+                       es_true[i], es.policy[i]))
+    panels.append(("optimal\n(value iteration)", v_star, opt.policy))
     ctx.save_figure(_mc_policies_figure(
-        world, panels, f"MC Exploring Starts, {cfg.episodes} episodes"),
-        "mc_exploring_starts")
+        world, panels, f"MC Exploring Starts, {cfg.episodes} episodes, "
+        f"r_forbidden = {_fmt(cfg.r_forbidden)}",
+        caption=_memory_caption(cfg, es_true, v_star, world)), "mc_exploring_starts")
 
     eps_true = eps_true.reshape(n_eps, n_seeds, -1)
     estimates = np.asarray(mc_eps.values).reshape(n_eps, n_seeds, -1)
@@ -439,18 +523,24 @@ def gridworld_mc(ctx: RunContext, cfg: GridworldMCConfig) -> dict:
     summary["eps_greedy_of_optimal_value_target"] = {
         _fmt(e): float(consistent_values[i, target]) for i, e in enumerate(cfg.eps_values)}
     mc_policies = np.asarray(mc_eps.policy).reshape(n_eps, n_seeds, *opt.policy.shape)
+    A = world.num_actions
+    glyphs = (f"Black: the greedy action, probability 1 − ε + ε/{A}; every other action has "
+              f"probability ε/{A}, drawn in grey when at least 0.05.")
     ctx.save_figure(_mc_policies_figure(
         world, [(f"MC ε={_fmt(e)}: true v_π", eps_true[i, 0], mc_policies[i, 0])
                 for i, e in enumerate(cfg.eps_values)],
-        f"MC ε-greedy ({cfg.episodes} episodes, seed 0)"), "mc_epsilon_greedy")
+        f"MC ε-greedy ({cfg.episodes} episodes, seed 0)",
+        caption=f"Exploring starts, memory {_fmt(cfg.eps_memory)}. {glyphs}"),
+        "mc_epsilon_greedy")
     ctx.save_figure(_mc_policies_figure(
         world, [(f"best ε-greedy, ε={_fmt(e)}", best_values[i], best_policy[i])
                 for i, e in enumerate(cfg.eps_values)],
-        "Optimal ε-greedy policies (exact ε-greedy policy iteration)"),
+        "Optimal ε-greedy policies (exact ε-greedy policy iteration)", caption=glyphs),
         "best_epsilon_greedy")
     ctx.save_figure(_mc_policies_figure(
         world, [(f"ε={_fmt(e)}", consistent_values[i], consistent[i])
                 for i, e in enumerate(cfg.eps_values)],
-        "ε-greedy versions of the optimal greedy policy"), "epsilon_consistent_values")
+        "ε-greedy versions of the optimal greedy policy", caption=glyphs),
+        "epsilon_consistent_values")
     summary["seconds"] = time.perf_counter() - t0
     return summary

@@ -75,7 +75,8 @@ def _rm_figure(cubic, cubic_root, tanh_clean, tanh_noisy, cfg):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     k = np.arange(1, cubic.shape[1] + 1)
     for i, traj in enumerate(cubic):
-        ax1.plot(k, traj, linewidth=0.8, alpha=0.7, label="seeds" if i == 0 else None)
+        ax1.plot(k, traj, linewidth=0.8, alpha=0.7,
+                 label=f"{len(cubic)} seeds" if i == 0 else None)
     ax1.axhline(cubic_root, color="black", linestyle="--", linewidth=1, label="5^(1/3)")
     ax1.set_xscale("log")
     ax1.set_xlabel("iteration k")
@@ -89,6 +90,7 @@ def _rm_figure(cubic, cubic_root, tanh_clean, tanh_noisy, cfg):
     ax2.axhline(1.0, color="black", linestyle="--", linewidth=1, label="root w* = 1")
     ax2.set_xscale("log")
     ax2.set_xlabel("iteration k")
+    ax2.set_ylabel("w_k")
     ax2.set_title("g(w) = tanh(w − 1), a_k = 1/k", fontsize=10)
     ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
@@ -98,32 +100,62 @@ def _rm_figure(cubic, cubic_root, tanh_clean, tanh_noisy, cfg):
 
 
 def _gd_figure(x, runs, mean):
+    """Three panels: the whole path from the start ``w_1`` (far from the data), a zoom on
+    the iterates from ``k = 2`` on (where they all go after the first step, α_1 = 1),
+    and the distance to the sample mean."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    ax1.scatter(x[:, 0], x[:, 1], s=6, color="lightgray", label="samples")
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(14.5, 4.6), layout="constrained",
+                                        width_ratios=(1.0, 1.35, 1.25))
+    colors = {label: f"C{i}" for i, label in enumerate(runs)}
+    # zoom window: the iterates from k = 2 on and the sample mean, padded, made square
+    later = np.concatenate([traj[1:] for traj in runs.values()] + [mean[None]])
+    lo, hi = later.min(0), later.max(0)
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2 * 1.15, 0.5)
+    zoom_lo, zoom_hi = centre - half, centre + half
+    for ax in (ax0, ax1):
+        ax.scatter(x[:, 0], x[:, 1], s=6, color="lightgray", label="samples x_i")
+        ax.scatter([mean[0]], [mean[1]], marker="*", s=140, color="black", zorder=7,
+                   edgecolors="white", linewidths=0.6, label="sample mean x̄")
+        ax.set_xlabel("first coordinate of w")
+        ax.set_ylabel("second coordinate of w")
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    start = next(iter(runs.values()))[0]
     for label, traj in runs.items():
-        ax1.plot(traj[:, 0], traj[:, 1], marker=".", markersize=4, linewidth=0.9, label=label)
-    ax1.scatter([mean[0]], [mean[1]], marker="*", s=120, color="black", zorder=5,
-                label="sample mean")
-    ax1.set_aspect("equal")
-    ax1.set_title("iterates w_k (α_k = 1/k)", fontsize=10)
-    ax1.legend(fontsize=7)
+        ax0.plot(traj[:, 0], traj[:, 1], marker=".", markersize=3, linewidth=0.8,
+                 color=colors[label])
+        ax1.plot(traj[1:, 0], traj[1:, 1], marker=".", markersize=4, linewidth=0.9,
+                 color=colors[label], label=label)
+        ax1.scatter(traj[-1:, 0], traj[-1:, 1], marker="o", s=40, facecolors="none",
+                    edgecolors=colors[label], linewidths=1.2, zorder=6)
+    ax0.scatter([start[0]], [start[1]], marker="X", s=70, color="black", zorder=6,
+                label=f"start w_1 = ({start[0]:g}, {start[1]:g})")
+    ax0.add_patch(Rectangle(tuple(zoom_lo), 2 * half, 2 * half, fill=False,
+                            edgecolor="black", linestyle="--", linewidth=0.9))
+    ax0.set_title("whole path from the start w_1 (dashed: zoom)", fontsize=10)
+    ax0.legend(fontsize=7, loc="upper left")
+    ax1.set_xlim(zoom_lo[0], zoom_hi[0])
+    ax1.set_ylim(zoom_lo[1], zoom_hi[1])
+    ax1.set_title("zoom: iterates w_k for k ≥ 2 (α_k = 1/k; circle: last)", fontsize=10)
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=3)
     for label, traj in runs.items():
         ax2.semilogy(np.arange(1, len(traj) + 1), np.linalg.norm(traj - mean, axis=-1),
-                     label=label)
+                     label=label, color=colors[label])
     ax2.set_xlabel("iteration k")
-    ax2.set_ylabel("‖w_k − x̄‖")
+    ax2.set_ylabel("‖w_k − x̄‖ (Euclidean)")
     ax2.set_title("distance to the sample mean", fontsize=10)
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
 @register_recipe(
     "stochastic-approximation",
     "Robbins–Monro root finding and SGD/BGD/mini-batch GD on mean estimation (book ch. 6)",
+    claim=("Robbins–Monro finds the roots 5^(1/3) and 1 under noise; SGD, mini-batch and "
+           "batch GD reach the mean"),
     quick=StochasticApproximationConfig(),
     full=StochasticApproximationConfig(rm_steps=20000, rm_seeds=32, gd_steps=200),
 )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from generative.likelihood import bits_per_dim, divergence_fn, log_likelihood, uniform_dequantize
-from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.sde import VESDE, VPSDE, make_score_fn, subVPSDE
 from tests.generative.closed_form import gaussian_logpdf, gaussian_marginal, gaussian_score_fn
 from tests.tolerances import F64, assert_close
 
@@ -126,3 +126,14 @@ def test_bad_inputs():
         uniform_dequantize(jax.random.key(0), jnp.zeros((1, 2)), n_bins=1)
     with pytest.raises(ValueError, match="probe must have x's shape"):
         divergence_fn(lambda y: y, jnp.ones((2, 3)), method="hutchinson_gaussian")
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp"])
+def test_eps_zero_and_scalar_scores_are_refused(kind):
+    """The flow starts at t = eps: a make_score_fn score there is 0/0 on VP/sub-VP."""
+    sde = KINDS[kind]
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="eps must be > 0: the marginal std of"):
+        log_likelihood(jax.random.key(0), make_score_fn(sde, lambda y, t: y), sde, x, eps=0.0)
+    with pytest.raises(ValueError, match=r"score_fn must return an array of shape \[B, \.\.\.\]"):
+        log_likelihood(jax.random.key(0), lambda y, t: jnp.sum(y), sde, x)

@@ -14,7 +14,7 @@ from generative.losses import (
     smld_loss,
 )
 from generative.sampling import geometric_sigmas
-from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.sde import VESDE, VPSDE, make_score_fn, subVPSDE
 from tests.tolerances import F64, assert_close
 
 
@@ -174,7 +174,7 @@ def test_sharded_batch_matches_single_device():
 def test_bad_inputs():
     x = jnp.ones((4, 2))
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="score_fn must return an array of x's shape"):
+    with pytest.raises(ValueError, match=r"score_fn must return an array of shape \[B, \.\.\.\]"):
         sde_loss(lambda y, t: y[:, :1], VPSDE(), x, key)
     with pytest.raises(ValueError, match="needs a VPSDE"):
         ddpm_loss(lambda y, t: y, VESDE(), x, key)
@@ -190,3 +190,46 @@ def test_bad_inputs():
         sde_loss(lambda y, t: y, VPSDE(), jnp.ones((4, 2), jnp.int32), key)
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
         denoising_score_matching_loss(lambda y: y, x, key, -1.0)
+
+
+SCALAR = (r"score_fn must return an array of shape \[B, \.\.\.\] = \(4, 2\) \(x's shape\), "
+          r"got shape \(\)")
+
+
+def test_scalar_scores_are_named_errors():
+    x, key = jnp.ones((4, 2)), jax.random.key(0)
+    with pytest.raises(ValueError, match=SCALAR):
+        sde_loss(lambda y, t: jnp.sum(y), VPSDE(), x, key)
+    with pytest.raises(ValueError, match=SCALAR):
+        smld_loss(lambda y, s: jnp.sum(y), jnp.array([1.0, 0.5]), x, key)
+    with pytest.raises(ValueError, match=SCALAR):
+        sliced_score_matching_loss(lambda y: jnp.sum(y), x, key)
+    with pytest.raises(ValueError, match=SCALAR):
+        denoising_score_matching_loss(lambda y: jnp.sum(y), x, key, 0.1)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), subVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
+def test_sde_loss_never_draws_t_zero(sde):
+    """σ(0) = 0 for VP/sub-VP: a make_score_fn network gave a NaN loss whenever t = 0
+    was drawn (eps = 0 was allowed); eps is now checked > 0."""
+    score_fn = make_score_fn(sde, lambda y, t: jnp.tanh(y))
+    x = jnp.ones((4, 2))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        sde_loss(score_fn, sde, x, jax.random.key(0), eps=0.0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        sde_loss(score_fn, sde, x, jax.random.key(0), eps=0)
+    losses = jax.jit(jax.vmap(lambda k: sde_loss(score_fn, sde, x, k, eps=1e-5,
+                                                 likelihood_weighting=True)))(
+        jax.random.split(jax.random.key(1), 64))
+    assert np.all(np.isfinite(np.asarray(losses)))
+
+
+def test_make_score_fn_refuses_or_poisons_a_vanishing_std():
+    score_fn = make_score_fn(VPSDE(), lambda y, t: y)
+    x = jnp.ones((3, 2))
+    with pytest.raises(ValueError, match=r"t: the score of make_score_fn is undefined"):
+        score_fn(x, jnp.array([0.5, 0.0, 0.2]))
+    out = np.asarray(jax.jit(score_fn)(x, jnp.array([0.5, 0.0, 0.2])))
+    assert np.all(np.isnan(out[1])) and np.all(np.isfinite(out[[0, 2]]))
+    ve = make_score_fn(VESDE(), lambda y, t: y)(x, jnp.zeros(3))  # σ(0) = σ_min > 0
+    assert np.all(np.isfinite(np.asarray(ve)))

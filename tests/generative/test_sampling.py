@@ -30,7 +30,7 @@ from generative.sampling import (
     ode_sampler,
     pc_sampler,
 )
-from generative.sde import VESDE, VPSDE, subVPSDE
+from generative.sde import VESDE, VPSDE, make_score_fn, subVPSDE
 from tests.generative.closed_form import isotropic_score_fn
 from tests.tolerances import BITWISE, F32_LOOSE, F64, assert_close
 
@@ -322,6 +322,50 @@ def test_bad_names_and_inputs():
     with pytest.raises(ValueError, match="sigmas must be finite and > 0"):
         annealed_langevin_dynamics(jax.random.key(0), lambda y, s: y, jnp.ones((2, 2)),
                                    jnp.asarray([1.0, -1.0]), step_lr=0.1, n_steps_each=1)
+
+
+SCORE_SHAPE = r"score_fn must return an array of shape \[B, \.\.\.\] = \(4, 2\) \(x's shape\)"
+
+
+@pytest.mark.parametrize("corrector", ["langevin", "ald", "none"])
+def test_scalar_or_misshapen_scores_are_named_errors(corrector):
+    """A scalar score used to raise IndexError in the Langevin corrector's norms, and
+    plain/annealed Langevin broadcast it silently."""
+    sde, key = VPSDE(N=50), jax.random.key(0)
+    for bad in (lambda y, t: jnp.sum(y), lambda y, t: y[:, :1]):
+        with pytest.raises(ValueError, match=SCORE_SHAPE):
+            pc_sampler(key, bad, sde, (4, 2), corrector=corrector)
+        with pytest.raises(ValueError, match=SCORE_SHAPE):
+            annealed_langevin_dynamics(key, bad, jnp.ones((4, 2)), jnp.array([2.0, 1.0]),
+                                       step_lr=0.1, n_steps_each=1)
+        with pytest.raises(ValueError, match=SCORE_SHAPE):
+            langevin_dynamics(key, lambda y: bad(y, None), jnp.ones((4, 2)), step_size=0.1,
+                              n_steps=1)
+    with pytest.raises(ValueError, match=SCORE_SHAPE + r", got shape \(\)"):
+        ode_sampler(key, lambda y, t: jnp.sum(y), sde, (4, 2))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(N=50), subVPSDE(N=50)], ids=["vp", "subvp"])
+def test_eps_zero_is_refused_where_the_marginal_std_vanishes(sde):
+    """make_score_fn divides by std(t) = 0 at t = 0: pc_sampler(eps=0) returned all-NaN
+    samples on VP and sub-VP."""
+    score_fn = make_score_fn(sde, lambda y, t: 0.1 * y)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="eps must be > 0: the marginal std of"):
+        pc_sampler(key, score_fn, sde, (4, 2), eps=0.0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ode_sampler(key, score_fn, sde, (4, 2), eps=0.0, denoise=True)
+    x, _ = jax.jit(lambda k: pc_sampler(k, score_fn, sde, (4, 2), eps=1e-3))(key)
+    assert np.all(np.isfinite(np.asarray(x)))
+
+
+def test_eps_zero_is_allowed_where_the_marginal_std_does_not_vanish():
+    sde = VESDE(sigma_max=20.0, N=50)  # σ(0) = σ_min > 0
+    score_fn = make_score_fn(sde, lambda y, t: 0.1 * y)
+    x, _ = jax.jit(lambda k: pc_sampler(k, score_fn, sde, (4, 2), eps=0.0))(jax.random.key(0))
+    assert np.all(np.isfinite(np.asarray(x)))
+    with pytest.raises(ValueError, match=r"eps must be in \[0, T\) = \[0, 1.0\), got -0.1"):
+        pc_sampler(jax.random.key(0), score_fn, sde, (4, 2), eps=-0.1)
 
 
 def test_noise_schedule_helpers():

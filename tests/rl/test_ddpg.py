@@ -29,6 +29,7 @@ from rl.ddpg import (
     td3_config,
     train_seeds,
 )
+from rl.ddpg.losses import dpg_actor_loss
 from rl.envs.gymnax_env import ContinuousEnv, make_env
 from tests.tolerances import BITWISE, F32, F32_LOOSE, assert_close
 
@@ -111,6 +112,52 @@ def test_dpg_actor_gradient_matches_finite_differences(float32_learner, x64):
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
                                                  jax.tree.leaves(direction), strict=True))
     assert_close(analytic, numeric, dict(rtol=1e-6, atol=1e-9))
+
+
+def test_dqda_clipping_gradient_is_the_clipped_chain_rule():
+    """rlax's dpg_loss option: each ∂Q/∂a is clipped to [−c, c] before it reaches μ."""
+    agent, learner = _agent(), _learner()
+    clip = 0.05
+    clipped = make_agent(dataclasses.replace(_tiny("ddpg"), dqda_clipping=clip), SHORT_PENDULUM)
+    obs = jax.random.normal(jax.random.key(1), (32, 3))
+    got = jax.jit(jax.grad(clipped.actor_loss_fn))(learner.actor, learner.critic, obs)
+    first = jax.tree.map(lambda x: x[0], learner.critic)
+    actions = agent.act(learner.actor, obs)
+    dq_da = jax.vmap(jax.grad(lambda a, s: agent.q_value(first, s, a)))(actions, obs)
+    assert float(jnp.max(jnp.abs(dq_da))) > clip  # the clip binds
+    cotangent = -jnp.clip(dq_da, -clip, clip) / obs.shape[0]
+    want = jax.vjp(lambda p: agent.act(p, obs), learner.actor)[1](cotangent)[0]
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert_close(g, w, F32)
+    # the value is still −mean Q, and a large clip is the unclipped gradient
+    assert_close(clipped.actor_loss_fn(learner.actor, learner.critic, obs),
+                 agent.actor_loss_fn(learner.actor, learner.critic, obs), F32)
+    wide = make_agent(dataclasses.replace(_tiny("ddpg"), dqda_clipping=1e6), SHORT_PENDULUM)
+    plain = jax.grad(agent.actor_loss_fn)(learner.actor, learner.critic, obs)
+    for g, w in zip(jax.tree.leaves(jax.grad(wide.actor_loss_fn)(learner.actor, learner.critic,
+                                                                   obs)),
+                    jax.tree.leaves(plain), strict=True):
+        assert_close(g, w, F32)
+
+
+def test_dpg_actor_loss_without_clipping_is_the_plain_loss_bitwise():
+    q = jax.random.normal(jax.random.key(0), (16,))
+    action = jax.random.normal(jax.random.key(1), (16, 2))
+    assert_close(dpg_actor_loss(q), -jnp.mean(q), BITWISE)
+    assert_close(dpg_actor_loss(q, action, action, dqda_clipping=None), dpg_actor_loss(q),
+                 BITWISE)
+    assert TINY.dqda_clipping is None
+    # rlax's surrogate: ∂/∂a = −clip(dqda) / B, and no gradient through q or dqda
+    dqda = jnp.linspace(-2.0, 2.0, 32).reshape(16, 2)
+    grads = jax.grad(lambda q, a, d: dpg_actor_loss(q, a, d, dqda_clipping=0.5),
+                     argnums=(0, 1, 2))(q, action, dqda)
+    assert_close(grads[1], -jnp.clip(dqda, -0.5, 0.5) / 16, F32)
+    assert not np.any(np.asarray(grads[0])) and not np.any(np.asarray(grads[2]))
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="dqda_clipping must be None or a finite number"):
+            dataclasses.replace(TINY, dqda_clipping=bad).validate()
+    with pytest.raises(ValueError, match=r"dqda must have action's shape \[B, A\]"):
+        dpg_actor_loss(q, action, dqda[:, :1], dqda_clipping=1.0)
 
 
 # ----------------------------------------------------------------------------- soft updates

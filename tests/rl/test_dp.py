@@ -309,3 +309,99 @@ def test_bad_shapes_and_options():
         dp.epsilon_greedy_policy_iteration(P, R, 0.9, 0.1, max_iters=0)
     with pytest.raises(ValueError, match=r"policies must have shape \[\.\.\., S, A\]"):
         dp.evaluate_policies(P, R, jnp.full(5, 0.2), 0.9)
+
+
+# ------------------------------------------------------------------ traced bad values
+
+
+def _assert_poisoned(result):
+    assert not bool(result.valid)
+    for field in (result.values, result.policy, result.history, result.residual,
+                  result.action_values):
+        assert np.all(np.isnan(np.asarray(field)))
+    assert int(result.num_iterations) == -1
+
+
+def _entry_points(P, R, policy):
+    """Every DPResult entry point of rl.dp as ``f(gamma, P, R, policy) -> DPResult``."""
+    return {
+        "value_iteration": lambda g, P, R, pi: dp.value_iteration(P, R, g),
+        "policy_iteration": lambda g, P, R, pi: dp.policy_iteration(P, R, g, policy0=pi),
+        "truncated": lambda g, P, R, pi: dp.truncated_policy_iteration(P, R, g),
+        "evaluation_solve": lambda g, P, R, pi: dp.policy_evaluation(P, R, pi, g),
+        "evaluation_iterative": lambda g, P, R, pi: dp.policy_evaluation(
+            P, R, pi, g, method="iterative"),
+        "epsilon_greedy": lambda g, P, R, pi: dp.epsilon_greedy_policy_iteration(P, R, g, 0.1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_entry_points(None, None, None)))
+def test_bad_gamma_under_jit_poisons_the_result(name):
+    """γ = 1 used to give values near 995 and γ = 1.5 NaN values with valid-looking
+    counts; now every traced bad γ gives NaN, −1 and valid = False."""
+    P, R = _model()
+    policy = jnp.full((4, 5), 0.2)
+    run = jax.jit(lambda g: _entry_points(P, R, policy)[name](g, P, R, policy))
+    good = run(0.9)
+    assert bool(good.valid)
+    assert_close(good.values, _entry_points(P, R, policy)[name](0.9, P, R, policy).values)
+    for gamma in (1.0, 1.5, -0.1, float("nan")):
+        _assert_poisoned(run(gamma))
+
+
+@pytest.mark.parametrize("name", list(_entry_points(None, None, None)))
+def test_bad_model_and_policy_under_jit_poison_the_result(name):
+    P, R = _model()
+    policy = jnp.full((4, 5), 0.2)
+    run = jax.jit(lambda P, R, pi: _entry_points(P, R, pi)[name](0.9, P, R, pi))
+    assert bool(run(P, R, policy).valid)
+    _assert_poisoned(run(P * 0.5, R, policy))  # rows of P summing to 0.5
+    _assert_poisoned(run(P, R.at[1, 2].set(jnp.nan), policy))
+    if name in ("policy_iteration", "evaluation_solve", "evaluation_iterative"):
+        _assert_poisoned(run(P, R, policy.at[2, 0].set(0.5)))
+
+
+def test_bad_values_under_vmap_poison_only_their_rows():
+    P, R = _model()
+    batch = jax.vmap(lambda g: dp.value_iteration(P, R, g))(jnp.array([0.9, 1.0, 0.5]))
+    assert np.asarray(batch.valid).tolist() == [True, False, True]
+    assert_close(batch.values[0], dp.value_iteration(P, R, 0.9).values)
+    assert np.all(np.isnan(np.asarray(batch.values[1])))
+    assert np.asarray(batch.num_iterations)[1] == -1
+    eps = jax.vmap(lambda e: dp.epsilon_greedy_policy_iteration(P, R, 0.9, e))(
+        jnp.array([0.1, 1.5]))
+    assert np.asarray(eps.valid).tolist() == [True, False]
+    assert np.all(np.isnan(np.asarray(eps.policy[1])))
+    policies = jnp.stack([jnp.full((4, 5), 0.2), jnp.full((4, 5), 0.3)])
+    values = jax.jit(lambda p: dp.evaluate_policies(P, R, p, 0.9))(policies)
+    assert np.all(np.isfinite(np.asarray(values[0]))) and np.all(np.isnan(np.asarray(values[1])))
+    greedy = jax.vmap(lambda e: dp.epsilon_greedy_policy(jnp.zeros((2, 5)), e))(
+        jnp.array([0.5, -0.1]))
+    assert np.all(np.isfinite(np.asarray(greedy[0]))) and np.all(np.isnan(np.asarray(greedy[1])))
+
+
+def test_traced_tol_v0_and_eval_steps_are_checked():
+    P, R = _model()
+    vi = jax.jit(lambda tol, v0: dp.value_iteration(P, R, 0.9, tol=tol, v0=v0))
+    assert bool(vi(1e-6, jnp.zeros(4)).valid)
+    _assert_poisoned(vi(0.0, jnp.zeros(4)))
+    _assert_poisoned(vi(1e-6, jnp.zeros(4).at[0].set(jnp.nan)))
+    tpi = jax.jit(lambda j: dp.truncated_policy_iteration(P, R, 0.9, num_eval_steps=j))
+    assert bool(tpi(3).valid)
+    _assert_poisoned(tpi(0))
+
+
+def test_eager_checks_of_rewards_initial_values_and_nan_policies():
+    P, R = _model()
+    with pytest.raises(ValueError, match="R must be finite"):
+        dp.value_iteration(P, R.at[0, 0].set(jnp.nan), 0.9)
+    with pytest.raises(ValueError, match="R must be finite"):
+        dp.policy_iteration(P, R.at[0, 0].set(jnp.inf), 0.9)
+    with pytest.raises(ValueError, match="v0 must be finite"):
+        dp.value_iteration(P, R, 0.9, v0=jnp.full(4, jnp.nan))
+    with pytest.raises(ValueError, match="policy: every row must sum to 1"):
+        dp.policy_evaluation(P, R, jnp.full((4, 5), 0.2).at[1, 1].set(jnp.nan), 0.9)
+    with pytest.raises(ValueError, match="P must hold probabilities"):
+        dp.value_iteration(P.at[0, 0, 0].set(jnp.nan), R, 0.9)
+    with pytest.raises(ValueError, match="gamma must be a scalar"):
+        jax.jit(lambda g: dp.value_iteration(P, R, g))(jnp.array([0.9, 0.5]))

@@ -229,3 +229,29 @@ def test_plot_gridworld():
         plot_gridworld(world, values[:-1])
     with pytest.raises(ValueError, match="policy"):
         plot_gridworld(world, values, policy[:, :4])
+
+
+@pytest.mark.parametrize("state, action, match", [
+    (25, 0, r"state must be in \[0, 25\)"),    # used to alias another cell
+    (-1, 0, r"state must be in \[0, 25\)"),
+    (3, 5, r"action must be in \[0, 5\)"),
+    (3, -2, r"action must be in \[0, 5\)"),
+    (2.5, 0, "state must be an integer index"),
+])
+def test_step_refuses_out_of_range_states_and_actions(state, action, match):
+    with pytest.raises(ValueError, match=match):
+        book_5x5().step(jax.random.key(0), state, action)
+
+
+def test_step_and_reset_to_poison_out_of_range_indices_under_jit():
+    world = book_5x5()
+    step = jax.jit(jax.vmap(lambda s, a: world.step(jax.random.key(0), s, a)))
+    out = step(jnp.array([3, 25, 3, -1]), jnp.array([1, 0, 5, 4]))
+    assert np.asarray(out.state).tolist() == [4, -1, -1, -1]
+    assert np.asarray(out.obs).tolist() == np.asarray(out.next_obs).tolist() == [4, -1, -1, -1]
+    assert np.isfinite(float(out.reward[0])) and np.all(np.isnan(np.asarray(out.reward[1:])))
+    assert np.all(np.isnan(np.asarray(out.discount[1:])))
+    obs, state = jax.jit(lambda s: world.reset_to(jax.random.key(0), s))(30)
+    assert int(obs) == int(state) == -1
+    with pytest.raises(ValueError, match=r"state_index must be in \[0, 25\)"):
+        world.reset_to(jax.random.key(0), 25)

@@ -311,3 +311,45 @@ def test_missing_capabilities_are_named():
     with pytest.raises(ValueError, match=r"policy must have shape \[S, A\] = \(3, 2\)"):
         mc.sample_episodes(NoStarts(), jnp.full((3, 3), 1 / 3), jax.random.key(0), 2, 5)
 
+
+
+# ------------------------------------------------------------------ traced bad values
+
+
+def _poisoned(result):
+    floats = (result.values, result.policy, result.q_values, result.history)
+    return (not bool(result.valid) and all(np.all(np.isnan(np.asarray(f))) for f in floats)
+            and np.all(np.asarray(result.policy_changes) == -1))
+
+
+def test_bad_epsilon_gamma_and_memory_under_vmap_poison_their_rows():
+    chain = Chain()
+    run = jax.jit(jax.vmap(lambda e, g, m: mc.mc_epsilon_greedy(
+        chain, jax.random.key(0), epsilon=e, gamma=g, num_episodes=4, episode_length=6,
+        episodes_per_update=2, memory=m)))
+    batch = run(jnp.array([0.1, 1.5, 0.1, 0.1]), jnp.array([0.9, 0.9, 1.0, 0.9]),
+                jnp.array([1.0, 1.0, 1.0, 0.0]))
+    assert np.asarray(batch.valid).tolist() == [True, False, False, False]
+    eager = mc.mc_epsilon_greedy(chain, jax.random.key(0), epsilon=0.1, gamma=0.9,
+                                 num_episodes=4, episode_length=6, episodes_per_update=2)
+    assert_close(batch.values[0], eager.values)
+    for i in (1, 2, 3):
+        assert _poisoned(jax.tree.map(lambda x, i=i: x[i], batch))
+
+
+def test_bad_lengths_gamma_and_policies_under_jit_poison_mc_basic_and_episodes():
+    chain = Chain()
+    basic = jax.jit(jax.vmap(lambda L: mc.mc_basic(chain, L, 0.9, num_iterations=2,
+                                                   max_length=4)))(jnp.array([2, 0, 5]))
+    assert np.asarray(basic.valid).tolist() == [True, False, False]
+    assert np.all(np.asarray(basic.counts)[1:] == -1)
+    bad = jnp.full((3, 2), 0.4)  # rows sum to 0.8
+    run = jax.jit(lambda pi, g: mc.mc_basic(chain, 3, g, num_iterations=2, initial_policy=pi))
+    assert bool(run(jnp.full((3, 2), 0.5), 0.9).valid)
+    assert _poisoned(run(bad, 0.9)) and _poisoned(run(jnp.full((3, 2), 0.5), 1.0))
+    episodes = jax.jit(lambda pi: mc.sample_episodes(chain, pi, jax.random.key(0), 2, 5))(bad)
+    assert np.asarray(episodes.valid).tolist() == [False, False]
+    assert np.all(np.asarray(episodes.states) == -1) and np.all(np.isnan(episodes.rewards))
+    good = jax.jit(lambda pi: mc.sample_episode(chain, pi, jax.random.key(0), 5, 0))(
+        jnp.full((3, 2), 0.5))
+    assert bool(good.valid) and np.all(np.asarray(good.states) >= 0)

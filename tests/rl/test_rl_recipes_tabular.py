@@ -102,3 +102,61 @@ def test_benchmarks_run_tiny():
     mc = benchmarks.bench_mc_epsilon_greedy(ctx, {"episodes": 20, "length": 10, "batch": 10})
     assert mc["jax_seconds"] > 0 and mc["numpy_seconds"] > 0
     assert mc["speedup_vs_numpy"] == pytest.approx(mc["numpy_seconds"] / mc["jax_seconds"])
+
+
+def test_grid_panels_share_one_colour_scale_and_explain_the_glyphs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rl.envs.gridworld import book_5x5, one_hot_policy
+    from rl.recipes.gridworld import _grid_panels
+
+    eps_policy = np.full((25, 5), 0.1)
+    eps_policy[:, 1] = 0.6
+    fig = _grid_panels(book_5x5(), [("a", np.zeros(25), one_hot_policy(np.zeros(25, int))),
+                                    ("b", np.linspace(-3, 7, 25), eps_policy)], "t",
+                       caption="one\ntwo")
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and all(im.get_clim() == (-3.0, 7.0) for im in images)
+    assert len(fig.axes) == 3  # two panels and one colour bar
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"forbidden cell", "target cell"} <= set(labels)
+    assert any("other action" in label for label in labels)
+    assert any(t.get_text() == "one\ntwo" for t in fig.texts)
+    plt.close(fig)
+
+
+def test_convergence_figure_draws_every_curve_to_its_last_iteration():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rl.recipes.gridworld import _dp_convergence_figure
+
+    curves = {"value iteration": 0.9 ** np.arange(134.0),
+              "truncated PI, j=1 (≡ value iteration)": 0.9 ** np.arange(132.0),
+              "policy iteration": np.array([3.0, 1.0, 0.0])}
+    fig = _dp_convergence_figure(curves, "t", 1e-6)
+    ends = sorted(max(line.get_xdata()) for line in fig.axes[0].get_lines()
+                  if not line.get_label().startswith("_"))  # the curves, not markers
+    assert ends == [2, 131, 133]
+    assert any("rounding" in t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)
+
+
+def test_memory_caption_explains_a_stalled_plain_average():
+    from rl.envs.gridworld import book_5x5
+    from rl.recipes.gridworld import GridworldMCConfig, _memory_caption
+
+    cfg = GridworldMCConfig()
+    world = book_5x5(r_forbidden=cfg.r_forbidden)
+    P, R = world.model()
+    v_star = np.asarray(dp.value_iteration(P, R, cfg.gamma).values)
+    stalled = _memory_caption(cfg, np.stack([np.zeros(25), v_star]), v_star, world)
+    assert "memory 1 is the book's plain average" in stalled
+    assert "stalls" in stalled and "memory 0.9" in stalled
+    fine = _memory_caption(cfg, np.stack([v_star, v_star]), v_star, world)
+    assert "stalls" not in fine and "falls short" not in fine

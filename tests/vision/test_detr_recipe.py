@@ -76,3 +76,40 @@ def test_backbone_norms_with_non_trainable_state_train_and_evaluate(norm):
     assert floats, "the backbone should carry statistics"
     moved = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in floats)
     assert moved == (norm == "batchnorm")
+
+
+def test_intermediate_evaluations_use_the_subset_and_the_last_one_the_whole_split():
+    """Every ``eval_every`` steps AP is measured on the first ``eval_subset`` validation
+    images; the last step (and the returned metrics) on all of them, with the subset's
+    AP recomputed from the same predictions."""
+    cfg = dataclasses.replace(TINY, steps=6, chunk_size=3, eval_every=3, checkpoint_every=6,
+                              eval_subset=5)
+    history = []
+    _, _, val, metrics, _ = train_detr_shapes(cfg, history=history)
+    evals = {s: m for s, m in history if any(k.startswith("eval/") for k in m)}
+    assert sorted(evals) == [3, 6]
+    assert set(evals[3]) == {"eval/subset_ap", "eval/subset_ap50", "eval/subset_ap75",
+                             "eval/seconds"}
+    assert {"eval/ap", "eval/subset_ap"} <= set(evals[6])
+    assert evals[6]["eval/ap"] == metrics["ap"] and len(val) == TINY.num_val
+    # evaluations never touch training: the same losses with a single, whole evaluation
+    once = []
+    _, _, _, metrics_once, _ = train_detr_shapes(
+        dataclasses.replace(cfg, eval_every=6, eval_subset=0), history=once)
+    assert [m["loss"] for _, m in once if "loss" in m] == [
+        m["loss"] for _, m in history if "loss" in m]
+    assert metrics_once["ap"] == metrics["ap"]
+    assert [s for s, m in once if "eval/ap" in m] == [6]
+    with pytest.raises(ValueError, match="eval_subset"):
+        dataclasses.replace(TINY, eval_subset=-1).validate()
+
+
+def test_display_nms_keeps_one_box_per_object_across_classes():
+    from vision.recipes.detr_shapes import _display_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10.5]],
+                     np.float32)
+    scores = np.array([0.6, 0.9, 0.7, 0.55], np.float32)
+    np.testing.assert_array_equal(_display_nms(boxes, scores, 0.5), [1, 2])
+    np.testing.assert_array_equal(_display_nms(boxes, scores, 0.99), [1, 2, 0, 3])
+    assert _display_nms(boxes[:0], scores[:0], 0.5).shape == (0,)

@@ -1,7 +1,8 @@
 """Independent numpy formulas of every preference loss (written from the papers and
 TRL's documented formulas, not from rl.preference), for the family tests.
 
-Each entry: ``f(pc, pr, rc, rr, lc, lr, beta, ls, **options) -> [B]`` in float64.
+Each entry: ``f(pc, pr, rc, rr, lc, lr, beta, ls, **options) -> [B]`` in float64, with
+``lc``/``lr`` the completion token counts as given (no clamping).
 """
 
 import numpy as np
@@ -34,7 +35,7 @@ def _ipo(pc, pr, rc, rr, lc, lr, beta, ls, ipo_normalize=True):
 
 
 def _exo_pair(pc, pr, rc, rr, lc, lr, beta, ls):
-    eps = 1e-3 if ls == 0 else ls
+    eps = ls  # TRL 1.x: label_smoothing must be in (0, 1); 0 is refused
     z = beta * ((pc - pr) - (rc - rr))
     p_w, p_l = sigmoid(z), sigmoid(-z)
     # KL((p_w, p_l) || (1 - eps, eps))
@@ -84,8 +85,14 @@ def _discopop(pc, pr, rc, rr, lc, lr, beta, ls, discopop_tau=0.05):
     return -log_sigmoid(z) * (1 - m) + np.exp(-z) * m
 
 
+def token_mean_nll(pc, lc):
+    """TRL 1.x's token-mean cross-entropy of the chosen completions: real tokens only, so
+    a zero-length completion adds 0 tokens (a batch without tokens gives 0)."""
+    return -pc.sum() / max(lc.sum(), 1.0)
+
+
 def _sft(pc, pr, rc, rr, lc, lr, beta, ls):
-    return np.full(pc.shape, -pc.sum() / lc.sum())
+    return np.full(pc.shape, token_mean_nll(pc, lc))
 
 
 def _sigmoid_norm(pc, pr, rc, rr, lc, lr, beta, ls):
@@ -99,14 +106,14 @@ def _simpo(pc, pr, rc, rr, lc, lr, beta, ls, simpo_gamma=0.5):
 
 def _cpo(pc, pr, rc, rr, lc, lr, beta, ls, cpo_alpha=1.0):
     z = beta * (pc - pr)
-    nll = -pc.sum() / lc.sum()
+    nll = token_mean_nll(pc, lc)
     return -(1 - ls) * log_sigmoid(z) - ls * log_sigmoid(-z) + cpo_alpha * nll
 
 
 def _orpo(pc, pr, rc, rr, lc, lr, beta, ls):
     w, lo = pc / lc, pr / lr
     log_odds = (w - np.log(1 - np.exp(w))) - (lo - np.log(1 - np.exp(lo)))
-    return -pc.sum() / lc.sum() - beta * log_sigmoid(log_odds)
+    return token_mean_nll(pc, lc) - beta * log_sigmoid(log_odds)
 
 
 def _kto_pair(pc, pr, rc, rr, lc, lr, beta, ls, desirable_weight=1.0,
@@ -126,6 +133,9 @@ REFERENCE = {
     "discopop": _discopop, "sft": _sft, "sigmoid_norm": _sigmoid_norm, "simpo": _simpo,
     "cpo": _cpo, "orpo": _orpo, "kto_pair": _kto_pair,
 }
+
+# The label smoothing of the shared checks: 0 except where a loss refuses 0.
+LABEL_SMOOTHING = {"exo_pair": 1e-3}
 
 # Non-default options checked for the losses that take them.
 OPTION_VARIANTS = {

@@ -20,6 +20,7 @@ from rl.preference import (
     update_reward_mean,
 )
 from tests.rl.preference.numpy_reference import (
+    LABEL_SMOOTHING,
     OPTION_VARIANTS,
     REFERENCE,
     log_sigmoid,
@@ -45,7 +46,9 @@ def fixed_inputs(dtype=np.float64):
     return (*tuple(x.astype(dtype) for x in (pc, pr, rc, rr)), lc, lr)
 
 
-def call(name, pc, pr, rc, rr, lc, lr, *, beta=0.1, ls=0.0, **options):
+def call(name, pc, pr, rc, rr, lc, lr, *, beta=0.1, ls=None, **options):
+    """``preference_loss`` by name; ``ls=None``: the loss's LABEL_SMOOTHING (0 mostly)."""
+    ls = LABEL_SMOOTHING.get(name, 0.0) if ls is None else ls
     return preference_loss(pc, pr, rc, rr, loss_type=name, beta=beta, label_smoothing=ls,
                            chosen_lengths=lc, rejected_lengths=lr, **options)
 
@@ -63,7 +66,8 @@ def test_loss_matches_numpy_formula(name, x64):
     pc, pr, rc, rr, lc, lr = fixed_inputs()
     jitted = jax.jit(lambda beta, *a: call(name, *a, beta=beta))  # beta traced
     for beta in (0.1, 0.7):
-        want = REFERENCE[name](pc, pr, rc, rr, lc.astype(float), lr.astype(float), beta, 0.0)
+        want = REFERENCE[name](pc, pr, rc, rr, lc.astype(float), lr.astype(float), beta,
+                               LABEL_SMOOTHING.get(name, 0.0))
         for got in (call(name, pc, pr, rc, rr, lc, lr, beta=beta),
                     jitted(beta, pc, pr, rc, rr, lc, lr)):
             assert got.shape == (6,) and got.dtype == jnp.float64
@@ -81,7 +85,8 @@ def test_label_smoothing_and_options_match_numpy(name, x64):
     if name in OPTION_VARIANTS:
         opts = OPTION_VARIANTS[name]
         got = call(name, pc, pr, rc, rr, lc, lr, beta=0.3, **opts)
-        assert_close(got, REFERENCE[name](pc, pr, rc, rr, lcf, lrf, 0.3, 0.0, **opts), F64)
+        ls = LABEL_SMOOTHING.get(name, 0.0)
+        assert_close(got, REFERENCE[name](pc, pr, rc, rr, lcf, lrf, 0.3, ls, **opts), F64)
     assert set(spec.options) == set(OPTION_VARIANTS.get(name, {})), \
         "every option of a loss needs a non-default check in OPTION_VARIANTS"
 
@@ -166,7 +171,7 @@ def test_reference_free_mode_uses_a_zero_reference(name):
     pc, pr, _rc, _rr, lc, lr = fixed_inputs(np.float32)
     zeros = np.zeros_like(pc)
     got = preference_loss(pc, pr, loss_type=name, reference_free=True, chosen_lengths=lc,
-                          rejected_lengths=lr)
+                          rejected_lengths=lr, label_smoothing=LABEL_SMOOTHING.get(name, 0.0))
     want = call(name, pc, pr, zeros, zeros, lc, lr)
     assert_close(got, want, F32)
 
@@ -175,11 +180,12 @@ def test_reference_free_mode_uses_a_zero_reference(name):
 def test_length_requirements_are_enforced(name):
     spec = PREFERENCE_LOSSES.get(name)
     pc, pr, rc, rr, _, _ = fixed_inputs(np.float32)
+    ls = LABEL_SMOOTHING.get(name, 0.0)
     if spec.lengths_needed(spec.options):
         with pytest.raises(ValueError, match="chosen_lengths is required"):
-            preference_loss(pc, pr, rc, rr, loss_type=name)
+            preference_loss(pc, pr, rc, rr, loss_type=name, label_smoothing=ls)
     else:
-        assert preference_loss(pc, pr, rc, rr, loss_type=name).shape == (6,)
+        assert preference_loss(pc, pr, rc, rr, loss_type=name, label_smoothing=ls).shape == (6,)
 
 
 def test_sigmoid_at_the_reference_is_log_two_with_zero_accuracy():
@@ -349,7 +355,8 @@ def test_chosen_and_rejected_batches_of_different_sizes():
     ("sigmoid", 0.6, r"\[0.0, 0.5\]"),
     ("sigmoid", -0.1, r"\[0.0, 0.5\]"),
     ("robust", 0.5, r"\[0.0, 0.5\)"),
-    ("exo_pair", 1.0, r"\[0.0, 1.0\)"),
+    ("exo_pair", 1.0, r"\(0.0, 1.0\)"),
+    ("exo_pair", 0.0, r"label_smoothing must be in \(0.0, 1.0\) for loss_type 'exo_pair'"),
     ("hinge", 0.1, "not used by loss_type 'hinge'"),
     ("ipo", 0.2, "not used"),
 ])
@@ -361,7 +368,7 @@ def test_label_smoothing_outside_the_allowed_range(name, value, pattern):
 
 def test_other_bad_inputs():
     pc, pr, rc, rr, lc, _lr = fixed_inputs(np.float32)
-    with pytest.raises(ValueError, match="beta must be > 0"):
+    with pytest.raises(ValueError, match="beta must be finite and > 0"):
         preference_loss(pc, pr, rc, rr, beta=0.0)
     with pytest.raises(ValueError, match="ref_chosen_logps is required"):
         preference_loss(pc, pr)
@@ -369,7 +376,7 @@ def test_other_bad_inputs():
         preference_loss(pc, None, rc, rr)
     with pytest.raises(ValueError, match="unknown option.*discopop_tau"):
         preference_loss(pc, pr, rc, rr, discopop_tau=0.1)
-    with pytest.raises(ValueError, match="discopop_tau must be > 0"):
+    with pytest.raises(ValueError, match="discopop_tau must be finite and > 0"):
         preference_loss(pc, pr, rc, rr, loss_type="discopop", discopop_tau=0.0)
     with pytest.raises(ValueError, match="loss_weights must have one weight"):
         preference_loss(pc, pr, rc, rr, loss_type=("sigmoid", "hinge"), loss_weights=(1.0,))
@@ -377,3 +384,62 @@ def test_other_bad_inputs():
         preference_loss(np.arange(6), pr, rc, rr)
     with pytest.raises(ValueError, match="rejected_lengths is required"):
         preference_loss(pc, pr, rc, rr, loss_type="sigmoid_norm", chosen_lengths=lc)
+
+
+def test_infinite_beta_negative_kto_weights_and_positive_orpo_logps_are_refused():
+    pc, pr, rc, rr, lc, lr = fixed_inputs(np.float32)
+    with pytest.raises(ValueError, match="beta must be finite and > 0, got inf"):
+        preference_loss(pc, pr, rc, rr, beta=float("inf"))
+    with pytest.raises(ValueError, match="desirable_weight must be finite and >= 0"):
+        call("kto_pair", pc, pr, rc, rr, lc, lr, desirable_weight=-1.0)
+    with pytest.raises(ValueError, match="undesirable_weight must be finite and >= 0"):
+        kto_loss(pc, rc, np.array([True, False] * 3), kl=0.0, undesirable_weight=-0.5)
+    with pytest.raises(ValueError, match="beta must be finite and > 0"):
+        kto_loss(pc, rc, np.array([True, False] * 3), kl=0.0, beta=float("inf"))
+    with pytest.raises(ValueError, match=r"policy_chosen_logps must be <= 0 \(log-prob"):
+        call("orpo", -pc, pr, rc, rr, lc, lr)
+    positive = pr.copy()
+    positive[2] = 0.5
+    with pytest.raises(ValueError, match=r"policy_rejected_logps must be <= 0.*'orpo'"):
+        call("orpo", pc, positive, rc, rr, lc, lr)
+    with pytest.raises(ValueError, match="chosen_lengths must be finite token counts >= 0"):
+        call("sft", pc, pr, rc, rr, -lc, lr)
+
+
+def test_traced_bad_values_give_nan_losses():
+    pc, pr, rc, rr, lc, lr = fixed_inputs(np.float32)
+    desirable = np.array([True, False] * 3)
+
+    @jax.jit
+    def losses(beta, ls, weight, logps):
+        return (preference_loss(pc, pr, rc, rr, beta=beta),
+                call("exo_pair", pc, pr, rc, rr, lc, lr, ls=ls),
+                call("kto_pair", pc, pr, rc, rr, lc, lr, desirable_weight=weight),
+                kto_loss(pc, rc, desirable, kl=0.0, undesirable_weight=weight),
+                call("orpo", logps, pr, rc, rr, lc, lr))
+
+    good = losses(0.1, 0.01, 1.0, pc)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in good)
+    for bad in (losses(float("inf"), 0.01, 1.0, pc), losses(0.0, 0.01, 1.0, pc)):
+        assert np.all(np.isnan(np.asarray(bad[0])))
+    bad = losses(0.1, 0.0, -1.0, -pc)  # exo ε = 0, negative KTO weights, log-probs > 0
+    assert all(np.all(np.isnan(np.asarray(b))) for b in bad[1:])
+    swept = jax.vmap(lambda b: preference_loss(pc, pr, rc, rr, beta=b))(jnp.array([0.1, -1.0]))
+    assert np.all(np.isfinite(np.asarray(swept[0]))) and np.all(np.isnan(np.asarray(swept[1])))
+
+
+def test_token_mean_nll_counts_only_real_tokens(x64):
+    """TRL 1.x divides the summed log-probs by the real completion tokens: an empty
+    completion (log-prob 0, length 0) adds nothing; it used to count as one token."""
+    pc = np.array([-3.0, 0.0, -1.2])
+    pr = np.array([-2.0, -4.0, -1.0])
+    lengths = np.array([2, 0, 1])
+    want = 4.2 / 3  # not 4.2 / 4
+    assert_close(preference_loss(pc, loss_type="sft", chosen_lengths=lengths),
+                 np.full(3, want), F64)
+    cpo = preference_loss(pc, pr, loss_type="cpo", chosen_lengths=lengths,
+                          rejected_lengths=lengths)
+    assert_close(cpo, REFERENCE["cpo"](pc, pr, pc, pr, lengths, lengths, 0.1, 0.0), F64)
+    assert_close(cpo - preference_loss(pc, pr, loss_type="cpo", cpo_alpha=0.0), want, F64)
+    empty = preference_loss(np.zeros(2), loss_type="sft", chosen_lengths=np.zeros(2, int))
+    assert_close(empty, np.zeros(2), F64)

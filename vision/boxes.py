@@ -13,9 +13,14 @@ enclosing box is empty), computed with a ``where`` on a safe denominator so that
 neither the value nor its gradient is NaN. For boxes of positive area the formulas
 are exactly the paper's.
 
-Value checks (``x1 < x0``, coordinates outside ``[0, 1]``, NaN) run in
-:func:`check_boxes` whenever the boxes are concrete arrays; traced values inside
-``jax.jit`` cannot be inspected at trace time and are only checked for shape.
+A *valid* box has finite coordinates and ``x1 >= x0``, ``y1 >= y0`` (``w, h >= 0``
+in ``cxcywh``); :func:`valid_boxes` says which are. Invalid boxes follow the policy of
+:mod:`common.checks`: eagerly (concrete arrays) every function raises ``ValueError``
+naming the argument (:func:`check_boxes`); traced (inside ``jit``, ``vmap``, ``grad``)
+the outputs that involve an invalid box are NaN: its row of a conversion, its area,
+its row (``boxes1``) or column (``boxes2``) of a pairwise IoU/GIoU matrix, its
+element of an elementwise one. Nothing plausible (an inverted box's GIoU of 1) comes
+out of an invalid box.
 
 Paper: Rezatofighi et al. 2019, "Generalized Intersection over Union: A Metric and a
 Loss for Bounding Box Regression"; Carion et al. 2020, "End-to-End Object Detection
@@ -28,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.checks import check_float_dtype, is_concrete, shape_str
+from common.checks import check_float_dtype, is_concrete, poison, shape_str
 
 __all__ = [
     "box_area",
@@ -40,6 +45,7 @@ __all__ = [
     "elementwise_generalized_box_iou",
     "generalized_box_iou",
     "giou_loss",
+    "valid_boxes",
 ]
 
 
@@ -92,57 +98,88 @@ def check_boxes(boxes, name: str = "boxes", *, fmt: str = "xyxy",
                          f"in [{xyxy.min():.4g}, {xyxy.max():.4g}]")
 
 
+def valid_boxes(boxes: jax.Array, fmt: str = "xyxy") -> jax.Array:
+    """Which boxes are valid: finite, ``x1 >= x0`` and ``y1 >= y0`` (``w, h >= 0``).
+
+    The traced form of :func:`check_boxes` (without its ``normalized`` option).
+
+    Args:
+      boxes: ``[..., 4]`` boxes.
+      fmt: ``"xyxy"`` or ``"cxcywh"``.
+
+    Returns:
+      ``[...]`` boolean.
+
+    Example:
+      >>> valid_boxes(jnp.array([[0., 0., 1., 1.], [0.5, 0., 0.2, 1.]])).tolist()
+      [True, False]
+    """
+    if fmt not in ("xyxy", "cxcywh"):
+        raise ValueError(f"fmt must be 'xyxy' or 'cxcywh', got {fmt!r}")
+    boxes = jnp.asarray(boxes)
+    size = boxes[..., 2:] if fmt == "cxcywh" else boxes[..., 2:] - boxes[..., :2]
+    return jnp.all(jnp.isfinite(boxes), axis=-1) & jnp.all(size >= 0, axis=-1)
+
+
+def _checked(boxes, name: str, spec: str, fmt: str, ndim: int | None = None):
+    """Shape and dtype checks, the eager value check, and the traced validity ``[...]``."""
+    boxes = _check_last4(boxes, name, spec, ndim)
+    check_boxes(boxes, name, fmt=fmt)
+    return boxes, valid_boxes(boxes, fmt)
+
+
 def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
     """``(cx, cy, w, h) → (cx - w/2, cy - h/2, cx + w/2, cy + h/2)``.
 
     Args:
-      boxes: ``[..., 4]`` in ``cxcywh``.
+      boxes: ``[..., 4]`` in ``cxcywh``, ``w, h >= 0``.
 
     Returns:
-      ``[..., 4]`` in ``xyxy``.
+      ``[..., 4]`` in ``xyxy`` (NaN rows for invalid boxes when traced).
 
     Example:
       >>> box_cxcywh_to_xyxy(jnp.array([0.5, 0.5, 0.25, 0.5])).tolist()
       [0.375, 0.25, 0.625, 0.75]
     """
-    boxes = _check_last4(boxes, "boxes", "[..., 4] (cx, cy, w, h)")
+    boxes, ok = _checked(boxes, "boxes", "[..., 4] (cx, cy, w, h)", "cxcywh")
     center, size = boxes[..., :2], boxes[..., 2:]
-    return jnp.concatenate([center - 0.5 * size, center + 0.5 * size], axis=-1)
+    return poison(jnp.concatenate([center - 0.5 * size, center + 0.5 * size], axis=-1),
+                  ok[..., None])
 
 
 def box_xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
     """``(x0, y0, x1, y1) → ((x0 + x1)/2, (y0 + y1)/2, x1 - x0, y1 - y0)``.
 
     Args:
-      boxes: ``[..., 4]`` in ``xyxy``.
+      boxes: ``[..., 4]`` in ``xyxy``, ``x1 >= x0``, ``y1 >= y0``.
 
     Returns:
-      ``[..., 4]`` in ``cxcywh``.
+      ``[..., 4]`` in ``cxcywh`` (NaN rows for invalid boxes when traced).
 
     Example:
       >>> box_xyxy_to_cxcywh(jnp.array([0.0, 0.0, 2.0, 4.0])).tolist()
       [1.0, 2.0, 2.0, 4.0]
     """
-    boxes = _check_last4(boxes, "boxes", "[..., 4] (x0, y0, x1, y1)")
+    boxes, ok = _checked(boxes, "boxes", "[..., 4] (x0, y0, x1, y1)", "xyxy")
     lo, hi = boxes[..., :2], boxes[..., 2:]
-    return jnp.concatenate([0.5 * (lo + hi), hi - lo], axis=-1)
+    return poison(jnp.concatenate([0.5 * (lo + hi), hi - lo], axis=-1), ok[..., None])
 
 
 def box_area(boxes: jax.Array) -> jax.Array:
     """``(x1 - x0) · (y1 - y0)`` of ``xyxy`` boxes.
 
     Args:
-      boxes: ``[..., 4]`` in ``xyxy``.
+      boxes: ``[..., 4]`` in ``xyxy``, ``x1 >= x0``, ``y1 >= y0``.
 
     Returns:
-      ``[...]`` areas.
+      ``[...]`` areas (NaN for invalid boxes when traced).
 
     Example:
       >>> box_area(jnp.array([[0.0, 0.0, 2.0, 3.0]])).tolist()
       [6.0]
     """
-    boxes = _check_last4(boxes, "boxes", "[..., 4] (x0, y0, x1, y1)")
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    boxes, ok = _checked(boxes, "boxes", "[..., 4] (x0, y0, x1, y1)", "xyxy")
+    return poison((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]), ok)
 
 
 def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -168,12 +205,12 @@ def _iou_terms(b1: jax.Array, b2: jax.Array):
 
 
 def _pairwise_inputs(boxes1, boxes2):
-    boxes1 = _check_last4(boxes1, "boxes1", "[N, 4] (x0, y0, x1, y1)", ndim=2)
-    boxes2 = _check_last4(boxes2, "boxes2", "[M, 4] (x0, y0, x1, y1)", ndim=2)
-    check_boxes(boxes1, "boxes1")
-    check_boxes(boxes2, "boxes2")
+    """Broadcast boxes ``[N, 1, 4]``, ``[1, M, 4]`` and the validity of each pair ``[N, M]``."""
+    boxes1, ok1 = _checked(boxes1, "boxes1", "[N, 4] (x0, y0, x1, y1)", "xyxy", ndim=2)
+    boxes2, ok2 = _checked(boxes2, "boxes2", "[M, 4] (x0, y0, x1, y1)", "xyxy", ndim=2)
     dtype = jnp.promote_types(boxes1.dtype, boxes2.dtype)
-    return boxes1.astype(dtype)[:, None, :], boxes2.astype(dtype)[None, :, :]  # [N,1,4],[1,M,4]
+    return (boxes1.astype(dtype)[:, None, :], boxes2.astype(dtype)[None, :, :],
+            ok1[:, None] & ok2[None, :])
 
 
 def box_iou(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -186,16 +223,17 @@ def box_iou(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array, jax.Array]
       boxes2: ``[M, 4]`` in ``xyxy``.
 
     Returns:
-      ``(iou [N, M], union [N, M])``.
+      ``(iou [N, M], union [N, M])``; traced, NaN in the rows and columns of invalid
+      boxes.
 
     Example:
       >>> iou, _ = box_iou(jnp.array([[0., 0., 2., 2.]]), jnp.array([[1., 0., 3., 2.]]))
       >>> round(float(iou[0, 0]), 4)
       0.3333
     """
-    b1, b2 = _pairwise_inputs(boxes1, boxes2)
+    b1, b2, ok = _pairwise_inputs(boxes1, boxes2)
     inter, union, _ = _iou_terms(b1, b2)
-    return _safe_ratio(inter, union), union
+    return poison((_safe_ratio(inter, union), union), ok)
 
 
 def generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
@@ -210,7 +248,7 @@ def generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
       boxes2: ``[M, 4]`` in ``xyxy``.
 
     Returns:
-      ``[N, M]`` generalized IoU.
+      ``[N, M]`` generalized IoU; traced, NaN in the rows and columns of invalid boxes.
 
     Example:
       >>> a = jnp.array([[0., 0., 1., 1.]]); b = jnp.array([[2., 0., 3., 1.]])
@@ -219,12 +257,13 @@ def generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
 
     Paper: Rezatofighi et al. 2019, Algorithm 1.
     """
-    b1, b2 = _pairwise_inputs(boxes1, boxes2)
+    b1, b2, ok = _pairwise_inputs(boxes1, boxes2)
     inter, union, enclosing = _iou_terms(b1, b2)
-    return _safe_ratio(inter, union) - _safe_ratio(enclosing - union, enclosing)
+    return poison(_safe_ratio(inter, union) - _safe_ratio(enclosing - union, enclosing), ok)
 
 
 def _elementwise_inputs(boxes1, boxes2):
+    """Both sets of boxes ``[..., 4]`` and the validity of each pair ``[...]``."""
     boxes1 = _check_last4(boxes1, "boxes1", "[..., 4] (x0, y0, x1, y1)")
     boxes2 = _check_last4(boxes2, "boxes2", "[..., 4] (x0, y0, x1, y1)")
     if boxes1.shape != boxes2.shape:
@@ -233,7 +272,7 @@ def _elementwise_inputs(boxes1, boxes2):
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
     dtype = jnp.promote_types(boxes1.dtype, boxes2.dtype)
-    return boxes1.astype(dtype), boxes2.astype(dtype)
+    return boxes1.astype(dtype), boxes2.astype(dtype), valid_boxes(boxes1) & valid_boxes(boxes2)
 
 
 def elementwise_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
@@ -244,15 +283,15 @@ def elementwise_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
       boxes2: ``[..., 4]`` in ``xyxy``, same shape.
 
     Returns:
-      ``[...]`` IoU.
+      ``[...]`` IoU (NaN where a box is invalid, when traced).
 
     Example:
       >>> float(elementwise_box_iou(jnp.array([0., 0., 1., 1.]), jnp.array([0., 0., 1., 1.])))
       1.0
     """
-    b1, b2 = _elementwise_inputs(boxes1, boxes2)
+    b1, b2, ok = _elementwise_inputs(boxes1, boxes2)
     inter, union, _ = _iou_terms(b1, b2)
-    return _safe_ratio(inter, union)
+    return poison(_safe_ratio(inter, union), ok)
 
 
 def elementwise_generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
@@ -264,7 +303,7 @@ def elementwise_generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax
       boxes2: ``[..., 4]`` in ``xyxy``, same shape.
 
     Returns:
-      ``[...]`` GIoU.
+      ``[...]`` GIoU (NaN where a box is invalid, when traced).
 
     Example:
       >>> float(elementwise_generalized_box_iou(jnp.array([0., 0., 1., 1.]),
@@ -273,9 +312,9 @@ def elementwise_generalized_box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax
 
     Paper: Rezatofighi et al. 2019.
     """
-    b1, b2 = _elementwise_inputs(boxes1, boxes2)
+    b1, b2, ok = _elementwise_inputs(boxes1, boxes2)
     inter, union, enclosing = _iou_terms(b1, b2)
-    return _safe_ratio(inter, union) - _safe_ratio(enclosing - union, enclosing)
+    return poison(_safe_ratio(inter, union) - _safe_ratio(enclosing - union, enclosing), ok)
 
 
 def giou_loss(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:

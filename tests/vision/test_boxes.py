@@ -16,6 +16,7 @@ from vision.boxes import (
     elementwise_generalized_box_iou,
     generalized_box_iou,
     giou_loss,
+    valid_boxes,
 )
 
 
@@ -130,3 +131,45 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="negative width"):
         check_boxes(jnp.array([[0.5, 0.5, -0.1, 0.2]]), "tgt", fmt="cxcywh")
     check_boxes(jnp.array([[0.5, 0.5, 0.2, 0.2]]), fmt="cxcywh", normalized=True)
+
+
+def test_invalid_boxes_refused_eagerly_and_poisoned_when_traced():
+    good = [0.0, 0.0, 1.0, 1.0]
+    inverted = [0.5, 0.0, 0.2, 1.0]  # x1 < x0
+    a = jnp.array([good, inverted, [0.0, jnp.nan, 1.0, 1.0]])
+    b = jnp.array([good, [0.2, 0.6, 0.4, 0.5]])  # y1 < y0
+    assert valid_boxes(a).tolist() == [True, False, False]
+    assert not bool(valid_boxes(jnp.array([0.5, 0.5, 0.0, -0.1]), "cxcywh"))
+    ok = np.array([[True, False], [False, False], [False, False]])
+    giou = np.asarray(jax.jit(generalized_box_iou)(a, b))
+    iou, union = (np.asarray(x) for x in jax.jit(box_iou)(a, b))
+    for value in (giou, iou, union):
+        assert np.all(np.isnan(value[~ok])) and np.all(np.isfinite(value[ok]))
+    assert giou[0, 0] == 1.0 and iou[0, 0] == 1.0
+    # An inverted box used to score a GIoU of 1 with itself under jit.
+    same = jax.jit(generalized_box_iou)(a[1:2], a[1:2])
+    assert np.isnan(float(same[0, 0]))
+    pairs = jax.jit(jax.vmap(elementwise_generalized_box_iou))(a[:2], a[:2])
+    assert pairs[0] == 1.0 and np.isnan(float(pairs[1]))
+    assert np.isnan(float(jax.jit(giou_loss)(a[1], a[1])))
+    assert np.isnan(float(jax.jit(elementwise_box_iou)(a[0], a[1])))
+    area = jax.jit(box_area)(a)
+    assert float(area[0]) == 1.0 and np.all(np.isnan(np.asarray(area[1:])))
+    cxcywh = jnp.array([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, -0.1, 0.2]])
+    xyxy = np.asarray(jax.jit(box_cxcywh_to_xyxy)(cxcywh))
+    assert_close(xyxy[0], [0.4, 0.4, 0.6, 0.6])
+    assert np.all(np.isnan(xyxy[1]))
+    back = np.asarray(jax.jit(box_xyxy_to_cxcywh)(a[:2]))
+    assert_close(back[0], [0.5, 0.5, 1.0, 1.0])
+    assert np.all(np.isnan(back[1]))
+    # Eagerly the same inputs raise, naming the argument.
+    with pytest.raises(ValueError, match=r"boxes .*x1 < x0 or y1 < y0 at index \(1,\)"):
+        box_area(a[:2])
+    with pytest.raises(ValueError, match=r"boxes \(cx, cy, w, h\) has a negative width"):
+        box_cxcywh_to_xyxy(cxcywh)
+    with pytest.raises(ValueError, match=r"boxes .*x1 < x0"):
+        box_xyxy_to_cxcywh(a[:2])
+    with pytest.raises(ValueError, match=r"boxes2 .*y1 < y0"):
+        box_iou(a[:1], b)
+    with pytest.raises(ValueError, match="fmt must be 'xyxy' or 'cxcywh', got 'xywh'"):
+        valid_boxes(a, "xywh")

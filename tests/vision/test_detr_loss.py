@@ -10,7 +10,13 @@ from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 from common.sharding import make_mesh
 from tests.tolerances import F32_LOOSE, F64, assert_close
-from vision.detr import CriterionConfig, hungarian_match, matcher_cost, set_criterion
+from vision.detr import (
+    CriterionConfig,
+    check_targets,
+    hungarian_match,
+    matcher_cost,
+    set_criterion,
+)
 
 # ----------------------------------------------------------------------------- numpy reference
 
@@ -246,9 +252,11 @@ def test_bad_inputs_raise_clear_errors():
         set_criterion(args[0], args[1], args[2].at[2, 0].set(4), *args[3:])
     with pytest.raises(ValueError, match=r"tgt_labels must be class ids in \[0, num_classes\)"):
         matcher_cost(args[0][0, 0], args[1][0, 0], jnp.array([5]), jnp.full((1, 4), 0.3))
-    with pytest.raises(ValueError, match=r"tgt_boxes must be normalised boxes"):
+    with pytest.raises(ValueError, match=r"tgt_boxes \(cx, cy, w, h\) has a negative width"):
         matcher_cost(args[0][0, 0], args[1][0, 0], jnp.array([1]),
-                     jnp.array([[0.9, 0.5, 0.5, 0.2]]))
+                     jnp.array([[0.9, 0.5, -0.5, 0.2]]))
+    with pytest.raises(ValueError, match=r"target boxes contains NaN"):
+        set_criterion(args[0], args[1], args[2], args[3].at[1, 0, 0].set(jnp.nan), args[4])
     with pytest.raises(ValueError, match=r"target boxes .* negative width"):
         set_criterion(args[0], args[1], args[2], args[3].at[2, 0, 2].set(-0.1), args[4])
     with pytest.raises(ValueError, match=r"pred_boxes must have shape \[L, B, Q, 4\]"):
@@ -259,3 +267,48 @@ def test_bad_inputs_raise_clear_errors():
         matcher_cost(args[0][0, 0], args[1][0, 0], jnp.array([1.0]), jnp.full((1, 4), 0.3))
     with pytest.raises(KeyError, match="unknown matcher"):
         set_criterion(*args, CriterionConfig(matcher="nope"))
+
+
+@pytest.mark.usefixtures("x64")
+def test_target_boxes_past_the_image_border_accepted_eagerly_and_jitted():
+    """Corners outside [0, 1] (a box partly outside the image): accepted in both modes,
+    with the reference formulas' costs and loss on the unclipped box."""
+    logits, boxes, labels, tboxes, mask, targets = _random_case(8, counts=(2, 1, 5))
+    tboxes[0, 0] = [0.9, 0.1, 0.5, 0.4]  # x1 = 1.15, y0 = -0.1
+    tboxes[2, 1] = [-0.05, 0.5, 0.3, 1.2]  # x0 = -0.2, y in [-0.1, 1.1]
+    targets = [(lab, tboxes[b, :len(lab)]) for b, (lab, _) in enumerate(targets)]
+    check_targets(labels, tboxes, mask, 4)  # eager checks accept them
+    cost_args = (logits[-1, 0], boxes[-1, 0], labels[0, :2], tboxes[0, :2])
+    expected = np_matcher_cost(*cost_args)
+    assert_close(matcher_cost(*cost_args), expected, F64)
+    assert_close(jax.jit(matcher_cost)(*cost_args), expected, F64)
+    expected_total, _ = np_criterion(logits, boxes, targets)
+    total, _ = criterion(*(jnp.asarray(x) for x in (logits, boxes, labels, tboxes, mask)))
+    assert_close(total, expected_total, F64)
+
+
+def test_invalid_real_targets_poison_under_jit_padded_ones_do_not():
+    logits, boxes, labels, tboxes, mask, targets = _random_case(9, counts=(2, 1, 3))
+    arrays = [jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else jnp.asarray(x)
+              for x in (logits, boxes, labels, tboxes, mask)]
+    lg, bx, lab, tb, m = arrays
+    # Padded slots may hold anything: an inverted box, NaN, a bad class id.
+    tb = tb.at[1, 2].set(jnp.array([0.5, 0.5, -0.2, jnp.nan]))
+    lab = lab.at[1, 2].set(-1)
+    total, metrics = criterion(lg, bx, lab, tb, m)
+    assert np.isfinite(float(total))
+    match = jax.jit(hungarian_match)
+    for bad in (tb.at[1, 0, 2].set(-0.1), tb.at[1, 0, 1].set(jnp.nan)):  # real target of image 1
+        total, metrics = criterion(lg, bx, lab, bad, m)
+        assert np.isnan(float(total)) and all(np.isnan(float(v)) for v in metrics.values())
+        q4t, t4q = match(lg[-1], bx[-1], lab, bad, m)
+        assert np.all(np.asarray(q4t[1]) == -1) and np.all(np.asarray(t4q[1]) == -1)
+        src, tgt = scipy_lsa(np_matcher_cost(logits[-1, 2], boxes[-1, 2], *targets[2]))
+        np.testing.assert_array_equal(np.asarray(q4t)[2, tgt], src)  # other images unharmed
+        cost = np.asarray(jax.jit(matcher_cost)(lg[-1, 1], bx[-1, 1], lab[1, :1], bad[1, :1]))
+        assert np.all(np.isnan(cost))
+    total, _ = criterion(lg, bx, lab.at[0, 1].set(4), tb, m)  # class id C = 4: not a target
+    assert np.isnan(float(total))
+    cost = np.asarray(jax.jit(matcher_cost)(lg[-1, 0], bx[-1, 0].at[3, 3].set(-0.1),
+                                            lab[0, :2], tb[0, :2]))
+    assert np.all(np.isnan(cost[3])) and np.all(np.isfinite(np.delete(cost, 3, axis=0)))

@@ -16,6 +16,16 @@ Targets are padded to a fixed ``T`` per image: ``labels [B, T]``, ``boxes [B, T,
 (normalised ``cxcywh``) and ``mask [B, T]`` (``True`` = real object), so shapes are
 static and images with 0 objects are fine.
 
+Boxes are in image coordinates normalised to ``[0, 1]``, but a box may extend past
+the image (corners outside ``[0, 1]``, as after a crop or shift augmentation): the L1
+and GIoU terms are well defined for any box with ``x1 >= x0`` and ``y1 >= y0``, and
+such a box is matched and regressed as the geometric box it is, unclipped. Invalid
+values follow :mod:`common.checks`: a real target with a negative width or height, a
+non-finite coordinate or a class outside ``[0, C)`` (or a predicted box with a
+negative size or non-finite coordinate) raises ``ValueError`` eagerly; traced, the
+costs involving it are NaN, its image's matching is all ``-1`` and
+:func:`set_criterion`'s loss and metrics are NaN. Padded targets are never checked.
+
 Paper: Carion et al. 2020, "End-to-End Object Detection with Transformers",
 section 3.1 (eq. 1-2), appendix A.2 (GIoU, auxiliary losses).
 """
@@ -28,12 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.checks import is_concrete, shape_str
+from common.checks import is_concrete, poison, shape_str
 from vision.boxes import (
     box_cxcywh_to_xyxy,
     check_boxes,
     elementwise_generalized_box_iou,
     generalized_box_iou,
+    valid_boxes,
 )
 from vision.matching import MATCHERS, assignment_vectors
 
@@ -44,6 +55,11 @@ __all__ = [
     "matcher_cost",
     "set_criterion",
 ]
+
+
+def _valid_targets(labels, boxes, num_classes: int) -> jax.Array:
+    """``[...]`` True where a target has a class in ``[0, num_classes)`` and a valid box."""
+    return (labels >= 0) & (labels < num_classes) & valid_boxes(boxes, "cxcywh")
 
 
 def _check_labels(labels, num_classes: int, name: str, mask=None) -> None:
@@ -71,13 +87,15 @@ def matcher_cost(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax.
 
     Args:
       pred_logits: ``[Q, C+1]`` class logits, the last class being "no object".
-      pred_boxes: ``[Q, 4]`` predicted boxes, normalised ``cxcywh``.
+      pred_boxes: ``[Q, 4]`` predicted boxes, normalised ``cxcywh``, ``w, h >= 0``.
       tgt_labels: ``[T]`` integer target classes in ``[0, C)``.
-      tgt_boxes: ``[T, 4]`` target boxes, normalised ``cxcywh``.
+      tgt_boxes: ``[T, 4]`` target boxes, normalised ``cxcywh``, ``w, h >= 0``; corners
+        may lie outside ``[0, 1]`` (see the module docstring).
       cost_class, cost_bbox, cost_giou: weights ``λ`` of the three terms.
 
     Returns:
-      ``[Q, T]`` costs (``T = 0`` gives ``[Q, 0]``).
+      ``[Q, T]`` costs (``T = 0`` gives ``[Q, 0]``); traced, NaN in the rows of invalid
+      predicted boxes and the columns of invalid targets.
 
     Example:
       >>> logits = jnp.zeros((3, 5)); boxes = jnp.full((3, 4), 0.5)
@@ -105,21 +123,26 @@ def matcher_cost(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax.
         raise ValueError(f"tgt_boxes must have shape [T, 4] = ({T}, 4), got shape "
                          f"{shape_str(tgt_boxes.shape)}")
     _check_labels(tgt_labels, C1 - 1, "tgt_labels")
-    check_boxes(tgt_boxes, "tgt_boxes", fmt="cxcywh", normalized=True)
+    check_boxes(tgt_boxes, "tgt_boxes", fmt="cxcywh")
     check_boxes(pred_boxes, "pred_boxes", fmt="cxcywh")
     prob = jax.nn.softmax(pred_logits, axis=-1)  # [Q, C+1]
-    class_term = -jnp.take(prob, tgt_labels, axis=1)  # [Q, T]
+    class_term = -jnp.take(prob, tgt_labels, axis=1, mode="clip")  # [Q, T]
     l1_term = jnp.sum(jnp.abs(pred_boxes[:, None, :] - tgt_boxes[None, :, :]), axis=-1)  # [Q, T]
     giou_term = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes))
-    return cost_bbox * l1_term + cost_class * class_term + cost_giou * giou_term
+    cost = cost_bbox * l1_term + cost_class * class_term + cost_giou * giou_term
+    ok = valid_boxes(pred_boxes, "cxcywh")[:, None] & _valid_targets(tgt_labels, tgt_boxes,
+                                                                     C1 - 1)[None, :]
+    return poison(cost, ok)
 
 
 def check_targets(labels, boxes, mask, num_classes: int) -> None:
     """Check padded targets ``labels [B, T]``, ``boxes [B, T, 4]``, ``mask [B, T]``.
 
-    Shapes and dtypes always; when the arrays are concrete also the values: class
-    ids in ``[0, num_classes)`` and boxes normalised ``cxcywh`` with corners in
-    ``[0, 1]`` for every real (``mask``) entry.
+    Shapes and dtypes always; when the arrays are concrete also the values of every
+    real (``mask``) entry: class ids in ``[0, num_classes)`` and valid ``cxcywh``
+    boxes (finite, ``w, h >= 0``; corners outside ``[0, 1]`` are accepted, see the
+    module docstring). Traced values are checked by the losses (NaN, per
+    :mod:`common.checks`).
 
     Example:
       >>> check_targets(jnp.zeros((2, 3), int), jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), bool), 4)
@@ -136,8 +159,7 @@ def check_targets(labels, boxes, mask, num_classes: int) -> None:
                          f"{mask.dtype} {shape_str(mask.shape)}")
     _check_labels(labels, num_classes, "target labels", mask)
     if is_concrete(boxes) and is_concrete(mask):
-        check_boxes(np.asarray(boxes)[np.asarray(mask)], "target boxes", fmt="cxcywh",
-                    normalized=True)
+        check_boxes(np.asarray(boxes)[np.asarray(mask)], "target boxes", fmt="cxcywh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +207,8 @@ def hungarian_match(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: j
 
     Returns:
       ``(query_for_target [B, T], target_for_query [B, Q])``, int32, ``-1`` where
-      unmatched (padded targets, queries left as "no object").
+      unmatched (padded targets, queries left as "no object"); traced, all ``-1`` for
+      an image with an invalid real target or predicted box (see the module docstring).
 
     Example:
       >>> q4t, t4q = hungarian_match(jnp.zeros((1, 3, 3)), jnp.full((1, 3, 4), 0.5),
@@ -285,7 +308,8 @@ def set_criterion(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax
       ``loss_giou`` (last layer), ``loss_ce_{i}`` etc. for auxiliary layer ``i``
       (DETR's names), ``class_error`` (percent of real targets whose matched query's
       arg-max class is wrong, last layer) and ``cardinality_error`` (mean absolute
-      error of the number of non-∅ predictions).
+      error of the number of non-∅ predictions). Traced, all NaN when a real target
+      is invalid (eagerly: ``ValueError``).
 
     Example:
       >>> L, B, Q, C, T = 2, 1, 4, 3, 2
@@ -314,6 +338,8 @@ def set_criterion(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax
                          f"{jnp.shape(tgt_labels)[0]}")
     if not 0.0 < config.eos_coef:
         raise ValueError(f"eos_coef must be > 0, got {config.eos_coef}")
+    # Traced form of check_targets: NaN loss and metrics for an invalid real target.
+    targets_ok = jnp.all(_valid_targets(tgt_labels, tgt_boxes, C1 - 1) | ~tgt_mask)
     tgt_labels = jnp.where(tgt_mask, tgt_labels, 0)
     layers = list(range(L)) if config.aux_loss else [L - 1]
     logits = pred_logits if config.aux_loss else pred_logits[-1:]  # [L', B, Q, C+1]
@@ -342,4 +368,4 @@ def set_criterion(pred_logits: jax.Array, pred_boxes: jax.Array, tgt_labels: jax
     card_pred = jnp.sum(jnp.argmax(last_logits, axis=-1) != C1 - 1, axis=-1)  # [B]
     metrics["cardinality_error"] = jnp.mean(
         jnp.abs(card_pred - jnp.sum(tgt_mask, axis=-1)).astype(pred_logits.dtype))
-    return total, metrics
+    return poison((total, metrics), targets_ok)

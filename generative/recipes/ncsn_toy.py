@@ -126,6 +126,8 @@ def _loss_curve(history):
     "ncsn-toy",
     "NCSN two-Gaussian mixture: annealed Langevin recovers the 0.2/0.8 weights, plain "
     "Langevin does not (exact and learned scores)",
+    claim=("annealed Langevin recovers the 0.8 weight (0.798 exact score, 0.790 learned); "
+           "plain Langevin does not (0.52 / 0.55)"),
     quick=NCSNToyConfig(),
     full=NCSNToyConfig(n_samples=10000, hidden=256, depth=3,
                        train=dataclasses.replace(NCSNToyConfig().train, steps=20000,

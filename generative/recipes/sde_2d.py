@@ -202,6 +202,8 @@ def _loss_curves(histories):
     "sde-2d",
     "VP and VE score SDEs on swiss roll, 8 Gaussians and checkerboard: PC and ODE "
     "samples, held-out NLL (exact divergence), sliced Wasserstein / MMD",
+    claim=("held-out NLL (nats) VP/VE: swiss roll 2.79/2.74, 8 Gaussians 3.17/2.90 (true "
+           "2.83), checkerboard 3.82/3.78 (true 3.47)"),
     quick=SDE2DConfig(),
     full=SDE2DConfig(n_test=5000, n_samples=5000, sampling_steps=1000, hidden=256, depth=3,
                      density_grid=80,

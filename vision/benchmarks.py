@@ -11,6 +11,10 @@
   AdamW), its GFLOP/s from XLA's cost analysis and the fraction of the matmul
   ceiling, against the same step with the matching done on the host through
   ``jax.pure_callback`` (``matcher="scipy"``).
+* ``moe-layer``: forward+backward of a MoE layer (``T = 4096`` tokens, ``E = 64``
+  experts, ``k = 6``) against a dense SwiGLU with equal active parameters, and the
+  dropless (blocked and ``ragged_dot``), capacity and per-expert-loop dispatches against
+  each other in the same run; fraction of the matmul ceiling.
 """
 
 from __future__ import annotations
@@ -115,5 +119,97 @@ def bench_train_step(ctx: BenchContext) -> dict:
         "gflop_per_step": flops / 1e9,
         "gflops": gflops,
         "fraction_of_matmul_ceiling": ctx.fraction_of_ceiling(gflops),
+    })
+    return results
+
+
+def _moe_problem(T: int, E: int, k: int, D: int, F: int, seed: int = 0):
+    """Tokens, router, expert and equal-active dense SwiGLU weights of one MoE layer."""
+    keys = jax.random.split(jax.random.key(seed), 8)
+    scale_in, scale_hidden = D ** -0.5, F ** -0.5
+    x = jax.random.normal(keys[0], (T, D))
+    router = jax.random.normal(keys[1], (D, E)) * scale_in
+    experts = (jax.random.normal(keys[2], (E, D, F)) * scale_in,
+               jax.random.normal(keys[3], (E, D, F)) * scale_in,
+               jax.random.normal(keys[4], (E, F, D)) * scale_hidden)
+    dense = (jax.random.normal(keys[5], (D, k * F)) * scale_in,
+             jax.random.normal(keys[6], (D, k * F)) * scale_in,
+             jax.random.normal(keys[7], (k * F, D)) * scale_hidden)
+    return x, router, experts, dense
+
+
+def _moe_step(dispatch: str, k: int, capacity: int | None = None):
+    """Jitted forward+backward (gradients of every input) of a ``noaux_tc`` MoE layer
+    with the named dispatch: ``blocked`` / ``ragged`` (dropless), ``capacity``, ``loop``."""
+    from common.nn.moe import (
+        capacity_dispatch,
+        dropless_dispatch,
+        loop_dispatch,
+        noaux_tc_route,
+    )
+
+    def layer(x, router, wg, wu, wd):
+        weights, indices = noaux_tc_route(x @ router, jnp.zeros(router.shape[1]), top_k=k)
+        if dispatch in ("blocked", "ragged"):
+            return dropless_dispatch(x, weights, indices, wg, wu, wd, method=dispatch)
+        if dispatch == "capacity":
+            return capacity_dispatch(x, weights, indices, wg, wu, wd, capacity=capacity)[0]
+        return loop_dispatch(x, weights, indices, wg, wu, wd)
+
+    return jax.jit(jax.grad(lambda *a: jnp.sum(layer(*a) ** 2), argnums=(0, 1, 2, 3, 4)))
+
+
+@benchmark("moe-layer", "MoE layer forward+backward (T=4096, E=64, k=6): dropless vs a dense "
+           "SwiGLU of equal active parameters; blocked vs ragged_dot vs capacity vs loop")
+def bench_moe_layer(ctx: BenchContext) -> dict:
+    """Forward+backward of one MoE layer (``noaux_tc`` routing, SwiGLU experts) against a
+    dense SwiGLU with the same active parameters (hidden ``k·F``), at the issue's sizes
+    ``T = 4096, E = 64, k = 6`` (``D = 256, F = 128``); then the four dispatches at one
+    size (quick: ``T = 1024, E = 16, k = 4``, because ``ragged_dot`` on XLA:CPU does
+    ``E×`` the work; full: the issue's sizes), each timed in alternation."""
+    from common.nn.moe import expert_capacity, noaux_tc_route, tokens_per_expert
+
+    def dense_step():
+        def dense(x, wg, wu, wd):
+            return (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
+
+        return jax.jit(jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2, 3)))
+
+    T, E, k, D, F = 4096, 64, 6, 256, 128
+    rounds = 5 if ctx.quick else 15
+    x, router, experts, dense_w = _moe_problem(T, E, k, D, F)
+    moe, dense = _moe_step("blocked", k), dense_step()
+    times = time_interleaved({"moe": lambda: moe(x, router, *experts),
+                              "dense": lambda: dense(x, *dense_w)}, rounds)
+    # useful matmul flops of forward + backward (3× the forward's 2·T·k·3·D·F)
+    flops = 3 * 2 * T * k * 3 * D * F
+    gflops = flops / times["moe"].median / 1e9
+    results = {
+        "tokens": T, "experts": E, "top_k": k, "d_model": D, "expert_dim": F,
+        "moe_fwd_bwd_ms": 1e3 * times["moe"].median,
+        "dense_equal_active_fwd_bwd_ms": 1e3 * times["dense"].median,
+        "moe_over_dense": times["moe"].median / times["dense"].median,
+        "moe_gflops": gflops,
+        "moe_fraction_of_matmul_ceiling": ctx.fraction_of_ceiling(gflops),
+        "dense_fraction_of_matmul_ceiling": ctx.fraction_of_ceiling(
+            flops / times["dense"].median / 1e9),
+    }
+
+    Tc, Ec, kc = (1024, 16, 4) if ctx.quick else (T, E, k)
+    x, router, experts, _ = _moe_problem(Tc, Ec, kc, D, F, seed=1)
+    capacity = expert_capacity(Tc, Ec, kc, 1.25)
+    _, indices = noaux_tc_route(x @ router, jnp.zeros(Ec), top_k=kc)
+    load = np.asarray(tokens_per_expert(indices, Ec))
+    steps = {name: _moe_step(name, kc, capacity)
+             for name in ("blocked", "ragged", "capacity", "loop")}
+    times = time_interleaved({n: (lambda f=f: f(x, router, *experts)) for n, f in steps.items()},
+                             3 if ctx.quick else 5)
+    results.update({
+        "dispatch_tokens": Tc, "dispatch_experts": Ec, "dispatch_top_k": kc,
+        "capacity_factor": 1.25,
+        "capacity_dropped_fraction": float(np.maximum(load - capacity, 0).sum() / (Tc * kc)),
+        **{f"{n}_fwd_bwd_ms": 1e3 * t.median for n, t in times.items()},
+        **{f"{n}_over_blocked": t.median / times["blocked"].median
+           for n, t in times.items() if n != "blocked"},
     })
     return results

@@ -7,7 +7,7 @@
   unpaired ``kto_loss``; the Bradley–Terry ``bradley_terry_loss``.
 * ``rl.preference.model``: a small causal transformer LM and reward model from
   ``common.nn``; ``lax.scan`` sampling.
-* ``rl.preference.tokenizer``: a byte-level tokenizer (no downloads).
+* ``ByteTokenizer`` (from ``common.text``): a byte-level tokenizer (no downloads).
 * ``rl.preference.training``: SFT, reward-model, DPO (cached reference log-probs) and
   RLOO (RLHF baseline) loss functions for ``common.train``, and coefficient sweeps.
 * ``rl.preference.task``: a toy task with a known reward, evaluation (true reward, KL
@@ -18,6 +18,7 @@ Example:
     >>> losses = preference_loss(pc, pr, rc, rr, loss_type="sigmoid", beta=0.1)
 """
 
+from common.text import ByteTokenizer
 from rl.preference.logps import (
     PairLogps,
     SequenceLogps,
@@ -48,7 +49,6 @@ from rl.preference.model import (
     lm_flops_per_token,
     sample_completions,
 )
-from rl.preference.tokenizer import ByteTokenizer
 from rl.preference.training import (
     make_dpo_loss,
     make_logits_fn,

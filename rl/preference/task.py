@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.text import ByteTokenizer
 from rl.preference.model import sample_completions
-from rl.preference.tokenizer import ByteTokenizer
 
 __all__ = [
     "SentimentTask",

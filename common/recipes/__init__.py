@@ -1,3 +1,3 @@
 """Recipes of the common package; importing this module registers them."""
 
-from common.recipes import digits_mlp  # noqa: F401
+from common.recipes import digits_mlp, ensembles_tabular  # noqa: F401

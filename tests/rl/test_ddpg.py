@@ -436,6 +436,7 @@ def _random_policy_return(env, episodes=16):
                                                                       episodes))))
 
 
+@pytest.mark.slow  # learning itself is shown by the ddpg-pendulum recipe
 def test_short_training_run_beats_a_random_policy():
     env = make_env("Pendulum-v1")
     cfg = ddpg_config(total_steps=5_000, eval_every=2_500, learning_starts=500,

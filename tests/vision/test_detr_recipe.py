@@ -56,7 +56,9 @@ def test_hflip_mirrors_inside_the_real_width():
     assert (~same).any() and same.any()
 
 
-@pytest.mark.parametrize("norm", ["frozen_bn", "batchnorm"])
+@pytest.mark.parametrize("norm", [
+    pytest.param("frozen_bn", marks=pytest.mark.slow),  # also covered by test_detr_model
+    "batchnorm"])
 def test_backbone_norms_with_non_trainable_state_train_and_evaluate(norm):
     """Regression: a backbone reading non-Param variables in its forward pass (frozen or
     running batch-norm statistics) trains under ``fit``'s donation and evaluates after;
@@ -92,7 +94,17 @@ def test_intermediate_evaluations_use_the_subset_and_the_last_one_the_whole_spli
                              "eval/seconds"}
     assert {"eval/ap", "eval/subset_ap"} <= set(evals[6])
     assert evals[6]["eval/ap"] == metrics["ap"] and len(val) == TINY.num_val
-    # evaluations never touch training: the same losses with a single, whole evaluation
+    with pytest.raises(ValueError, match="eval_subset"):
+        dataclasses.replace(TINY, eval_subset=-1).validate()
+
+
+@pytest.mark.slow
+def test_intermediate_evaluations_never_touch_training():
+    """The same losses and final AP with subset evaluations as with one whole one."""
+    cfg = dataclasses.replace(TINY, steps=6, chunk_size=3, eval_every=3, checkpoint_every=6,
+                              eval_subset=5)
+    history = []
+    _, _, _, metrics, _ = train_detr_shapes(cfg, history=history)
     once = []
     _, _, _, metrics_once, _ = train_detr_shapes(
         dataclasses.replace(cfg, eval_every=6, eval_subset=0), history=once)
@@ -100,8 +112,6 @@ def test_intermediate_evaluations_use_the_subset_and_the_last_one_the_whole_spli
         m["loss"] for _, m in history if "loss" in m]
     assert metrics_once["ap"] == metrics["ap"]
     assert [s for s, m in once if "eval/ap" in m] == [6]
-    with pytest.raises(ValueError, match="eval_subset"):
-        dataclasses.replace(TINY, eval_subset=-1).validate()
 
 
 def test_display_nms_keeps_one_box_per_object_across_classes():

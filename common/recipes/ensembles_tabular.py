@@ -316,7 +316,6 @@ def ensembles_tabular(ctx: RunContext, cfg: EnsemblesConfig) -> dict:
                 rows.append((ds, name, "R²", cross_validate(name, ds, "regression", cfg)))
     table = _table(rows)
     (ctx.run_dir / "cross_validation.md").write_text(table + "\n")
-    print(table)
     with ctx.phase("bias-variance decomposition on make_friedman1"):
         bv = bias_variance(cfg)
     ctx.save_figure(_bv_figure(bv), "bias_variance")
@@ -324,11 +323,9 @@ def ensembles_tabular(ctx: RunContext, cfg: EnsemblesConfig) -> dict:
     bv_lines += [f"| {n} | {v['bias2']:.3f} | {v['variance']:.3f} | {v['error']:.3f} |"
                  for n, v in bv.items()]
     (ctx.run_dir / "bias_variance.md").write_text("\n".join(bv_lines) + "\n")
-    print("\n".join(bv_lines))
     with ctx.phase("deep ensemble on digits"):
         calib, fig = deep_calibration(cfg)
     ctx.save_figure(fig, "reliability")
-    print(calib)
     gaps = [r["ours"] - r["sklearn"] for _, _, _, r in rows]
     summary = {
         "worst_gap_to_sklearn": float(min(gaps)),

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 
@@ -102,7 +103,7 @@ def _check_max_features(max_features) -> None:
     check_int(max_features, "max_features", 1)
 
 
-class Estimator:
+class Estimator(abc.ABC):
     """Base class: input checks, jitted ``fit``/``predict``, classification helpers.
 
     Subclasses implement ``_fit(key, X, y, w, K) -> params`` and ``_output(params, X)``
@@ -128,11 +129,14 @@ class Estimator:
         return self.task == "classification"
 
     # -- pure parts, overridden -------------------------------------------------------
-    def _fit(self, key, X, y, w, K):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _fit(self, key, X, y, w, K):
+        """Pure fit: ``params`` from keys, ``X [N, D]``, labels or targets ``y [N]``,
+        weights ``w [N]`` and the class count ``K`` (static)."""
 
-    def _output(self, params, X):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _output(self, params, X):
+        """Pure output: class probabilities ``[N, K]`` or regression values ``[N]``."""
 
     # -- checks -----------------------------------------------------------------------
     def _check_X(self, X):

@@ -33,6 +33,7 @@ from flax import nnx
 
 from common.checks import check_int, check_rank, shape_str
 from common.nn import MLP
+from common.optim import OptimConfig, build_optimizer
 from common.train import TrainState, fit, scan_chunk, train_step_fn
 
 __all__ = [
@@ -104,17 +105,19 @@ def expected_calibration_error(proba, labels, n_bins: int = 15):
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
-    """The MLP of :func:`mlp_learner` and :func:`fit_deep_ensemble`."""
+    """The MLP of :func:`mlp_learner` and :func:`fit_deep_ensemble`; its optimizer comes
+    from the shared builder (``common.optim``)."""
 
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 500
     batch_size: int = 64
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
+    optim: OptimConfig = OptimConfig(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
 
 
 def _optimizer(cfg: MLPConfig):
-    return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # a decaying schedule without total_steps spans the training run
+    return build_optimizer(dataclasses.replace(
+        cfg.optim, total_steps=cfg.optim.total_steps or cfg.steps))
 
 
 def _loss_fn(graphdef, task: str):

@@ -474,11 +474,12 @@ def apply_tree(tree: Tree, X):
     """
     num_internal = tree.feature.shape[0]
     depth = (num_internal + 1).bit_length() - 1
-    node = jnp.zeros((X.shape[0],), jnp.int32)
-    for _ in range(depth):
-        f = tree.feature[node]
-        x = jnp.take_along_axis(X, f[:, None], axis=1)[:, 0]
-        node = 2 * node + 1 + (x > tree.threshold[node]).astype(jnp.int32)
+
+    def descend(_, node):                                                 # node [N]
+        x = jnp.take_along_axis(X, tree.feature[node][:, None], axis=1)[:, 0]
+        return 2 * node + 1 + (x > tree.threshold[node]).astype(jnp.int32)
+
+    node = jax.lax.fori_loop(0, depth, descend, jnp.zeros((X.shape[0],), jnp.int32))
     return node - num_internal
 
 

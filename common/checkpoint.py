@@ -208,13 +208,16 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Rename unreadable step folders to ``<step>.unreadable[-k]``, out of orbax's view."""
-        for step in steps:
+        from common.distributed import is_primary, sync
+
+        for step in steps if is_primary() else ():  # one process renames, all wait for it
             path = os.path.join(self.directory, str(step))
             target, k = f"{path}.unreadable", 1
             while os.path.exists(target):
                 target, k = f"{path}.unreadable-{k}", k + 1
             if os.path.exists(path):
                 os.replace(path, target)
+        sync(f"jaxatlas-set-aside:{self.directory}")
         self._manager.reload()
 
     def close(self) -> None:

@@ -92,8 +92,11 @@ def _cmd_run(args) -> int:
     run_dir, summary = run_recipe(args.name, scale=args.scale, overrides=overrides,
                                   runs_root=args.runs, resume=not args.fresh,
                                   progress=not args.no_progress)
-    print(f"{args.name}: {time.perf_counter() - t0:.1f}s → {run_dir}")
-    _print_summary(summary)
+    from common.distributed import is_primary
+
+    if is_primary():  # one report per run, not one per process
+        print(f"{args.name}: {time.perf_counter() - t0:.1f}s → {run_dir}")
+        _print_summary(summary)
     return 0
 
 
@@ -210,7 +213,44 @@ def build_parser(describe: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--scale", default="quick", choices=["quick", "full"],
                        help="quick: small sizes; full: the sizes meant for an accelerator")
     bench.set_defaults(fn=_cmd_bench)
+
+    launch = sub.add_parser(
+        "launch", help="run a command as several local processes joined like a cluster",
+        description="Start PROCESSES local processes of `jaxatlas COMMAND...`, each with "
+                    "DEVICES simulated CPU devices, joined by jax.distributed with gloo "
+                    "collectives; stop all when one fails, naming its rank.",
+        epilog="example: jaxatlas launch --processes 2 --devices-per-process 4 -- run "
+               "digits-mlp")
+    launch.add_argument("--processes", type=int, default=2, help="number of processes (2)")
+    launch.add_argument("--devices-per-process", type=int, default=4,
+                        help="simulated CPU devices per process (4)")
+    launch.add_argument("--port", type=int, default=None,
+                        help="coordinator port on 127.0.0.1 (default: a free one)")
+    launch.add_argument("--timeout", type=float, default=None,
+                        help="stop all processes after this many seconds")
+    launch.add_argument("cli", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the jaxatlas command each process runs, after --")
+    launch.set_defaults(fn=_cmd_launch)
     return parser
+
+
+def _cmd_launch(args) -> int:
+    from common.launch import launch
+
+    command = list(args.cli)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("jaxatlas launch: error: say what each process runs after --, e.g. "
+              "-- run digits-mlp", file=sys.stderr)
+        return 2
+    if args.processes < 1 or args.devices_per_process < 1:
+        print("jaxatlas launch: error: --processes and --devices-per-process must be >= 1",
+              file=sys.stderr)
+        return 2
+    return launch(command, processes=args.processes,
+                  devices_per_process=args.devices_per_process, port=args.port,
+                  timeout=args.timeout)
 
 
 def _names_epilog(kind: str, group: str, describe: bool) -> str | None:
@@ -235,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(describe="-h" in argv or "--help" in argv).parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display needed
+    if args.command in ("run", "tour", "bench"):
+        from common.distributed import initialize_distributed
+
+        initialize_distributed()  # a no-op unless launched as one of several processes
     try:
         return args.fn(args)
     except (UnknownNameError, ConfigError) as err:

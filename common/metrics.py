@@ -110,6 +110,33 @@ class MetricsWriter:
         self.close()
 
 
+class MemoryWriter:
+    """The rows a ``MetricsWriter`` would write, kept in memory and never written: the
+    logger of every process but the primary one in a multi-process run (their rows are
+    the same replicated values the primary writes)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.append({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}})
+
+    def truncate(self, step: int, *, prefix: str = "", eval_at_step: bool = False) -> int:
+        """As ``MetricsWriter.truncate``, on the rows in memory."""
+        before = len(self.rows)
+        self.rows = [row for row in self.rows if not (
+            all(k.startswith(prefix) for k in row if k != "step")
+            and (row["step"] > step or (eval_at_step and row["step"] == step and all(
+                k.startswith(prefix + "eval/") for k in row if k != "step"))))]
+        return before - len(self.rows)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """All rows of a ``metrics.jsonl`` file."""
     with open(path, encoding="utf-8") as f:

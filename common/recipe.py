@@ -297,10 +297,11 @@ class RunContext:
     """
 
     def __init__(self, run_dir: Path, scale: str, *, progress: bool = True,
-                 resumed: bool = False):
+                 resumed: bool = False, primary: bool = True):
         self.run_dir = Path(run_dir)
         self.scale = scale
-        self.progress = progress
+        self.primary = primary
+        self.progress = progress and primary
         self.resumed = resumed
         self.figures: list[str] = []
         self._logger = None
@@ -308,11 +309,13 @@ class RunContext:
 
     @property
     def logger(self):
-        """The run's ``MetricsWriter`` (``metrics.jsonl`` + TensorBoard), opened on first use."""
+        """The run's ``MetricsWriter`` (``metrics.jsonl`` + TensorBoard), opened on first use;
+        on a process other than the primary one of a multi-process run, a
+        ``MemoryWriter`` that keeps the rows without writing files."""
         if self._logger is None:
-            from common.metrics import MetricsWriter
+            from common.metrics import MemoryWriter, MetricsWriter
 
-            self._logger = MetricsWriter(self.run_dir)
+            self._logger = MetricsWriter(self.run_dir) if self.primary else MemoryWriter()
         return self._logger
 
     def checkpointer(self, name: str = "checkpoints", **kwargs):
@@ -336,7 +339,7 @@ class RunContext:
 
         self.logger.flush()
         rows = []
-        for row in read_metrics(self.logger.path):
+        for row in read_metrics(self.logger.path) if self.primary else self.logger.rows:
             metrics = {k[len(prefix):]: float(v) for k, v in row.items()
                        if k != "step" and k.startswith(prefix)}
             if metrics:
@@ -362,10 +365,14 @@ class RunContext:
               flush=True)
 
     def save_figure(self, fig, name: str) -> Path:
-        """Save a matplotlib figure as ``<run_dir>/<name>.png`` and close it."""
+        """Save a matplotlib figure as ``<run_dir>/<name>.png`` and close it (only closed on
+        a process other than the primary one)."""
         import matplotlib.pyplot as plt
 
         path = self.run_dir / f"{name}.png"
+        if not self.primary:
+            plt.close(fig)
+            return path
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         if path.name not in self.figures:
@@ -455,6 +462,7 @@ def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] 
     in its folder (said on stderr). Ctrl-C stops at the next chunk boundary after a
     checkpoint and raises :class:`RunInterrupted`.
     """
+    from common.distributed import broadcast_text, is_primary, sync
     from common.train import Interrupted, deferred_interrupts
 
     recipe, config = resolve_config(name, scale, overrides)
@@ -466,14 +474,22 @@ def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] 
     root = root_parent / name
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{os.fspath(root)!r} is a file; recipe runs need a folder there")
-    run_dir = _resumable_run(root, config_json) if resume else None
-    resumed = run_dir is not None
-    if resumed:
-        print(f"{name}: resuming the unfinished run in {run_dir}", file=sys.stderr, flush=True)
-    else:
-        run_dir = _new_run_dir(root)
-        _write_atomic(run_dir / "config.json", config_json)
-    ctx = RunContext(run_dir, scale, progress=progress, resumed=resumed)
+    # The primary process chooses (and makes) the folder; in a multi-process run the
+    # others learn its name from it and write nothing but their checkpoint shards.
+    primary = is_primary()
+    run_dir, resumed = None, False
+    if primary:
+        run_dir = _resumable_run(root, config_json) if resume else None
+        resumed = run_dir is not None
+        if resumed:
+            print(f"{name}: resuming the unfinished run in {run_dir}", file=sys.stderr,
+                  flush=True)
+        else:
+            run_dir = _new_run_dir(root)
+            _write_atomic(run_dir / "config.json", config_json)
+    choice = broadcast_text(json.dumps([os.fspath(run_dir) if primary else "", resumed]))
+    run_dir, resumed = Path(json.loads(choice)[0]), bool(json.loads(choice)[1])
+    ctx = RunContext(run_dir, scale, progress=progress, resumed=resumed, primary=primary)
     try:
         with deferred_interrupts():
             summary = recipe.run(ctx, config)
@@ -484,6 +500,9 @@ def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] 
     finally:
         ctx.close()
     summary = dict(summary)
+    sync(f"jaxatlas-run-end:{run_dir}")
+    if not primary:
+        return run_dir, summary
     _write_atomic(run_dir / "summary.md", _summary_markdown(recipe, scale, summary, ctx.figures))
     _write_atomic(run_dir / "summary.json",
                   json.dumps(_json_ready({"recipe": name, "scale": scale, "resumed": resumed,

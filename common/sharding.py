@@ -1,5 +1,5 @@
 """Device meshes and shardings with ``jax.sharding``: data parallel by default,
-model-parallel parameters by rule, multi-host start-up.
+model-parallel parameters by rule (multi-process start-up and data: ``common.distributed``).
 
 The same jitted train step runs on one device or many: shard the batch along the
 mesh's ``data`` axis, place parameters by rule (replicated unless a rule says
@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 
@@ -144,36 +143,3 @@ def state_shardings(state, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]
 def shard_pytree(tree, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = ()):
     """``device_put`` every leaf of ``tree`` with :func:`param_shardings`."""
     return jax.device_put(tree, param_shardings(tree, mesh, rules))
-
-
-# Set by the cluster managers that jax.distributed.initialize() auto-detects.
-_CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                      "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None, **kwargs) -> bool:
-    """Start multi-host JAX (``jax.distributed.initialize``) when there is more than one
-    host; a no-op returning False on a single host.
-
-    With no arguments JAX auto-detects the cluster (Cloud TPU, SLURM, Open MPI,
-    Kubernetes); the arguments override it. Call once per process, before any other
-    JAX call. Environment overrides: ``JAXATLAS_COORDINATOR``, ``JAXATLAS_NUM_PROCESSES``,
-    ``JAXATLAS_PROCESS_ID``.
-
-    Returns:
-      True if the distributed runtime was initialised.
-    """
-    coordinator_address = coordinator_address or os.environ.get("JAXATLAS_COORDINATOR")
-    if num_processes is None and "JAXATLAS_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["JAXATLAS_NUM_PROCESSES"])
-    if process_id is None and "JAXATLAS_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["JAXATLAS_PROCESS_ID"])
-    explicit = coordinator_address is not None or (num_processes or 1) > 1
-    cluster_env = any(v in os.environ for v in _CLUSTER_VARIABLES)
-    if not explicit and not cluster_env:
-        return False
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id, **kwargs)
-    return True

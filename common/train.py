@@ -43,6 +43,7 @@ import optax
 from flax import nnx, struct
 
 from common.checks import check_int
+from common.distributed import to_host
 
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, Any]]
 BatchFn = Callable[[Any, jax.Array], Any]
@@ -145,7 +146,7 @@ def ema_update(ema, params, decay):
 def state_step(state) -> int:
     """The step of a state as a Python int; for a batched state (``step [S]``, e.g.
     vmapped seeds) every entry must agree."""
-    steps = np.asarray(jax.device_get(state.step)).reshape(-1)
+    steps = to_host(state.step).reshape(-1)
     if steps.size == 0 or not np.all(steps == steps[0]):
         raise ValueError(f"state.step must be one value (or equal across a batch), got {steps}")
     return int(steps[0])
@@ -509,7 +510,7 @@ def _check_finite_loss(metrics, first_step: int, steps_per_row: int) -> None:
     (checked before the chunk is checkpointed, so a diverged state is never saved)."""
     if "loss" not in metrics:
         return
-    loss = np.asarray(jax.device_get(metrics["loss"]))
+    loss = to_host(metrics["loss"])
     bad = np.flatnonzero(~np.isfinite(loss))
     if bad.size:
         raise FloatingPointError(
@@ -526,7 +527,7 @@ def _log_rows(metrics, first_step: int, steps_per_row: int, logged: list[int], l
     advanced row by row, so an interrupted call can be repeated without losing or
     duplicating rows. Returns the chunk's last row.
     """
-    host = {k: np.asarray(v) for k, v in jax.device_get(dict(metrics)).items()}
+    host = to_host(dict(metrics))  # gathered across processes where a metric spans them
     if not host:
         return {}
     length = len(next(iter(host.values())))

@@ -17,11 +17,13 @@ import optax
 from flax import nnx
 
 from common.checks import check_fields
-from common.data import load_digits_split, sample_batch
+from common.data import load_digits_split, sample_sharded_batch
+from common.distributed import global_array, global_batch, process_rows, to_host
 from common.nn import MLP
 from common.nn.mlp import get_activation
 from common.optim import OptimConfig, build_optimizer
 from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
+from common.sharding import DATA_AXIS, make_mesh, state_shardings
 from common.train import TrainState, fit, train_step_fn
 
 
@@ -49,6 +51,7 @@ class DigitsConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
         get_activation(self.activation)
+        build_optimizer(default_total_steps(self.optim, self.steps))  # schedule vs steps
 
 
 def make_model(cfg: DigitsConfig, key: jax.Array) -> MLP:
@@ -147,29 +150,42 @@ def train_digits(cfg: DigitsConfig, *, logger=None, checkpointer=None, progress=
     Separated from the recipe so tests and benchmarks can run it without a run folder.
     """
     optim = default_total_steps(cfg.optim, cfg.steps)
+    mesh = make_mesh()  # every device of every process on the data axis
+    shards = mesh.shape[DATA_AXIS]
+    if cfg.batch_size % shards:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the "
+                         f"{shards} devices on the data axis")
     data_np = load_digits_split(cfg.test_fraction, cfg.seed)
+    if shards > 1:  # equal blocks per device: drop the last N_train mod devices rows
+        usable = len(data_np["y_train"]) - len(data_np["y_train"]) % shards
+        data_np = {**data_np, "x_train": data_np["x_train"][:usable],
+                   "y_train": data_np["y_train"][:usable]}
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     model = make_model(cfg, init_key)
     tx = build_optimizer(optim)
     state = TrainState.create(model, tx, train_key)
+    shardings = state_shardings(state, mesh)  # replicated parameters
+    state = global_array(state, shardings)
     loss_fn = make_loss_fn(state.graphdef)
     predict = make_predict(state.graphdef)
-    train = {"x": jnp.asarray(data_np["x_train"]), "y": jnp.asarray(data_np["y_train"])}
-    x_test = jnp.asarray(data_np["x_test"])
+    rows = process_rows(len(data_np["y_train"]), mesh)  # this process's block
+    train = global_batch({"x": data_np["x_train"][rows], "y": data_np["y_train"][rows]}, mesh)
+    x_all = global_array({"train": data_np["x_train"], "test": data_np["x_test"]}, mesh)
 
     def accuracy(state, x, y):
-        return float(np.mean(np.asarray(predict(state.params, state.rest, x)) == y))
+        return float(np.mean(to_host(predict(state.params, state.rest, x)) == y))
 
     def eval_fn(state):
-        return {"test_accuracy": accuracy(state, x_test, data_np["y_test"]),
-                "train_accuracy": accuracy(state, train["x"], data_np["y_train"])}
+        return {"test_accuracy": accuracy(state, x_all["test"], data_np["y_test"]),
+                "train_accuracy": accuracy(state, x_all["train"], data_np["y_train"])}
 
     state = fit(state, train_step_fn(loss_fn, tx),
-                lambda data, key: sample_batch(data, key, cfg.batch_size), train,
-                num_steps=cfg.steps, chunk_size=cfg.chunk_size, logger=logger,
-                checkpointer=checkpointer, checkpoint_every=cfg.checkpoint_every,
-                eval_fn=eval_fn, eval_every=cfg.eval_every, progress=progress,
-                desc="digits-mlp", history=history)
+                lambda data, key: sample_sharded_batch(data, key, cfg.batch_size, shards),
+                train, num_steps=cfg.steps, chunk_size=cfg.chunk_size,
+                state_shardings=shardings, logger=logger, checkpointer=checkpointer,
+                checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn,
+                eval_every=cfg.eval_every, progress=progress, desc="digits-mlp",
+                history=history)
     return state, predict, data_np
 
 
@@ -186,11 +202,12 @@ def digits_mlp(ctx: RunContext, cfg: DigitsConfig) -> dict:
                                         checkpointer=ctx.checkpointer(), progress=ctx.progress)
     seconds = time.perf_counter() - t0
     history = ctx.history()  # the whole run, a resumed one included
-    y_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_test"])))
+    x_all = global_array({"train": data["x_train"], "test": data["x_test"]}, make_mesh())
+    y_pred = to_host(predict(state.params, state.rest, x_all["test"]))
     ctx.save_figure(_learning_curve(history, cfg.steps, len(data["y_test"])),
                     "learning_curve")
     ctx.save_figure(_confusion(data["y_test"], y_pred), "confusion_matrix")
-    train_pred = np.asarray(predict(state.params, state.rest, jnp.asarray(data["x_train"])))
+    train_pred = to_host(predict(state.params, state.rest, x_all["train"]))
     losses = [m["loss"] for _, m in history if "loss" in m]
     return {
         "test_accuracy": float(np.mean(y_pred == data["y_test"])),

@@ -61,6 +61,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from common.distributed import to_host
 from common.optim import OptimConfig, build_optimizer
 from common.registry import Registry
 from rl import replay
@@ -618,8 +619,8 @@ def raise_on_error(state: DDPGState, seeds: Sequence[int] | None = None) -> None
       state: one state or a batch of states (leading seed axis).
       seeds: labels of the batch entries for the message (default 0..S−1).
     """
-    error = np.atleast_1d(np.asarray(state.error))
-    where = np.atleast_1d(np.asarray(state.error_step))
+    error = np.atleast_1d(to_host(state.error))
+    where = np.atleast_1d(to_host(state.error_step))
     bad = np.nonzero(error)[0]
     if bad.size == 0:
         return
@@ -718,7 +719,8 @@ def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpoi
       FloatingPointError: when a seed produced a non-finite reward, observation or
         loss (checked after every chunk, before it is checkpointed).
     """
-    from common.sharding import shard_batch
+    from common.distributed import global_array
+    from common.sharding import batch_sharding
     from common.train import fit, state_step
 
     t0 = time.perf_counter()
@@ -737,7 +739,11 @@ def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpoi
     state = jax.jit(jax.vmap(agent.init))(seed_keys(seeds))
     # Committed placement throughout (restored checkpoints are committed too), so fresh
     # and resumed runs share one compilation of the chunk.
-    state = jax.device_put(state, jax.devices()[0]) if mesh is None else shard_batch(state, mesh)
+    # (with a mesh: each seed's state on the devices of its row of the data axis, also
+    # when those belong to another process)
+    state = (jax.device_put(state, jax.devices()[0]) if mesh is None
+             else global_array(state, jax.tree.map(
+                 lambda x: batch_sharding(mesh, max(np.ndim(x), 1)), state)))
     if checkpointer is not None:
         state = checkpointer.restore_or(state)
     start_step = state_step(state)
@@ -748,5 +754,5 @@ def train_seeds(config: DDPGConfig, seeds: Sequence[int], *, mesh=None, checkpoi
                 checkpointer=checkpointer, checkpoint_every=chunk_len * every,
                 progress=progress, desc=desc or f"{config.env}", history=history)
     return TrainResult(state=state, history=history,
-                       final_eval_returns=np.asarray(state.eval_return),
+                       final_eval_returns=to_host(state.eval_return),
                        wall_seconds=time.perf_counter() - t0, start_step=start_step)

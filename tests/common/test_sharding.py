@@ -8,11 +8,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from common.distributed import initialize_distributed
 from common.nn import MLP
 from common.optim import build_optimizer
 from common.sharding import (
     batch_sharding,
-    initialize_distributed,
     make_mesh,
     param_shardings,
     replicated,

@@ -2,18 +2,22 @@
 
 * ``time_call(fn, *args)``: warm-up calls (compilation), then the median wall time
   of repeated calls, each ending in ``jax.block_until_ready``.
-* ``matmul_ceiling()``: the measured GFLOP/s of a large jitted float32 matmul on the
-  default device, the yardstick every benchmark reports its fraction of.
+* ``CeilingProbe``: the GFLOP/s of a large jitted matmul in the benchmark's dtype on
+  the default device, the yardstick every benchmark reports its fraction of, sampled
+  between the benchmark's own timings and reported as the median of the samples
+  (``matmul_ceiling()`` measures it once).
 * ``BENCHMARKS``: the registry ``jaxatlas bench`` runs. A benchmark receives a
   :class:`BenchContext` and returns a dict of figures; speed-ups are always ratios
   against a reference path timed in the same run, never absolute thresholds.
 
-Results are written to ``runs/bench/<name>.json`` with the device, JAX version and
-ceiling, so numbers from CPU and GPU hosts can be set side by side.
+Results are written to ``runs/bench/<name>.json`` with the device kind and count,
+the process count, the dtype, the JAX version and the ceiling (median, spread and
+number of samples), so numbers from CPU and GPU hosts can be set side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -43,6 +47,66 @@ class Timing:
         return work / self.median
 
 
+class CeilingProbe:
+    """Samples of the matmul ceiling taken *between* a benchmark's own timings.
+
+    On a shared or throttling machine the ceiling drifts as much as the code under
+    test (on a quiet 2-core machine one 2048² float32 matmul measured 200–437 GFLOP/s
+    across 23 runs), so a single measurement can put a reported fraction off by 2×.
+    While a probe is active (``run_benchmarks`` activates one per benchmark),
+    :func:`time_interleaved` takes one ceiling sample per round and :func:`time_call`
+    one per call; the benchmark's ceiling is the median of all of them.
+
+    Args:
+      dtype: the matmul's dtype (the benchmark's compute dtype).
+      n: matrix side.
+    """
+
+    def __init__(self, dtype=jnp.float32, n: int = 2048):
+        self.dtype, self.n = jnp.dtype(dtype), n
+        self.samples: list[float] = []
+        self._matmul = jax.jit(jnp.matmul)
+        self._a = jax.random.normal(jax.random.key(0), (n, n), self.dtype)
+        self._b = jax.random.normal(jax.random.key(1), (n, n), self.dtype)
+        jax.block_until_ready(self._matmul(self._a, self._b))  # compile once
+
+    def sample(self) -> float:
+        """Time one matmul; returns (and records) its GFLOP/s."""
+        t0 = time.perf_counter()
+        jax.block_until_ready(self._matmul(self._a, self._b))
+        gflops = 2.0 * self.n**3 / (time.perf_counter() - t0) / 1e9
+        self.samples.append(gflops)
+        return gflops
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        s = self.samples
+        return {"matmul_ceiling_gflops": self.median, "ceiling_dtype": self.dtype.name,
+                "ceiling_samples": len(s), "ceiling_min_gflops": min(s) if s else None,
+                "ceiling_max_gflops": max(s) if s else None}
+
+
+_ACTIVE_PROBE: list[CeilingProbe] = []
+
+
+@contextlib.contextmanager
+def ceiling_probe(probe: CeilingProbe):
+    """Make ``probe`` sample the ceiling between the timings made inside the block."""
+    _ACTIVE_PROBE.append(probe)
+    try:
+        yield probe
+    finally:
+        _ACTIVE_PROBE.remove(probe)
+
+
+def _probe_sample() -> None:
+    if _ACTIVE_PROBE:
+        _ACTIVE_PROBE[-1].sample()
+
+
 def time_call(fn: Callable, *args, warmup: int = 2, repeats: int = 7,
               min_seconds: float = 0.0, **kwargs) -> Timing:
     """Median wall time of ``fn(*args, **kwargs)`` after ``warmup`` calls.
@@ -62,6 +126,7 @@ def time_call(fn: Callable, *args, warmup: int = 2, repeats: int = 7,
         times.append(time.perf_counter() - t0)
         if len(times) >= 1000:
             break
+    _probe_sample()
     return Timing(statistics.median(times), min(times), tuple(times))
 
 
@@ -86,6 +151,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 7,
             t0 = time.perf_counter()
             jax.block_until_ready(call())
             times[name].append(time.perf_counter() - t0)
+        _probe_sample()  # the ceiling, in the same alternation (when a benchmark runs)
     return {name: Timing(statistics.median(t), min(t), tuple(t)) for name, t in times.items()}
 
 
@@ -101,14 +167,26 @@ def matmul_ceiling(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
 
 @dataclasses.dataclass
 class BenchContext:
-    """What a benchmark gets: the scale and the measured ceiling."""
+    """What a benchmark gets: the scale and the ceiling probe.
+
+    ``ceiling_gflops`` is the median of the ceiling samples taken so far, interleaved
+    with the benchmark's own timings (:class:`CeilingProbe`); without a probe, the
+    fixed value given.
+    """
 
     scale: str = "quick"
-    ceiling_gflops: float = float("nan")
+    fixed_ceiling_gflops: float = float("nan")
+    probe: CeilingProbe | None = None
 
     @property
     def quick(self) -> bool:
         return self.scale == "quick"
+
+    @property
+    def ceiling_gflops(self) -> float:
+        if self.probe is not None and self.probe.samples:
+            return self.probe.median
+        return self.fixed_ceiling_gflops
 
     def fraction_of_ceiling(self, gflops: float) -> float:
         return gflops / self.ceiling_gflops
@@ -119,16 +197,18 @@ class Benchmark:
     name: str
     description: str
     fn: Callable[[BenchContext], dict[str, Any]]
+    dtype: str = "float32"
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 
-def benchmark(name: str, description: str):
-    """Decorator registering ``fn(ctx) -> dict`` as benchmark ``name``."""
+def benchmark(name: str, description: str, *, dtype: str = "float32"):
+    """Decorator registering ``fn(ctx) -> dict`` as benchmark ``name``; ``dtype`` is the
+    compute dtype of what it times (the ceiling is measured in it)."""
 
     def decorator(fn):
-        BENCHMARKS.add(name, Benchmark(name, description, fn))
+        BENCHMARKS.add(name, Benchmark(name, description, fn, str(jnp.dtype(dtype))))
         return fn
 
     return decorator
@@ -140,6 +220,8 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
         "processor": platform.machine(),
@@ -153,28 +235,38 @@ def run_benchmarks(names: list[str] | None = None, *, out_dir: str | Path = "run
     selected = [BENCHMARKS.get(n) for n in names]  # unknown names fail before any timing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ceiling = matmul_ceiling()
-    echo(f"matmul ceiling: {ceiling:.1f} GFLOP/s on {machine_info()['device']}")
+    info = machine_info()
+    echo(f"{info['device_count']} x {info['device']} ({info['backend']}), "
+         f"{info['process_count']} process(es); the matmul ceiling is sampled between "
+         "each benchmark's timings")
     results = {}
     for bench in selected:
-        ctx = BenchContext(scale=scale, ceiling_gflops=ceiling)
+        probe = CeilingProbe(bench.dtype)
+        for _ in range(3):  # a few samples before, the rest between the timings
+            probe.sample()
+        ctx = BenchContext(scale=scale, probe=probe)
         t0 = time.perf_counter()
-        figures = bench.fn(ctx)
+        with ceiling_probe(probe):
+            figures = bench.fn(ctx)
+        probe.sample()
         record = {
             "name": bench.name,
             "description": bench.description,
             "scale": scale,
+            "dtype": bench.dtype,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "seconds": time.perf_counter() - t0,
-            "matmul_ceiling_gflops": ceiling,
-            "machine": machine_info(),
+            **probe.summary(),
+            "machine": info,
             "results": figures,
         }
         path = out / f"{bench.name}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=2, default=float))
         tmp.replace(path)
-        echo(f"{bench.name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+        echo(f"{bench.name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items())
+             + f" (ceiling {probe.median:.0f} GFLOP/s {bench.dtype}, median of "
+             f"{len(probe.samples)})")
         results[bench.name] = record
     return results
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from common.bench import BenchContext, benchmark, time_call
+from common.bench import BenchContext, benchmark, time_call, time_interleaved
 from common.data import load_digits_split, sample_batch
 from common.optim import OptimConfig, build_optimizer, decay_mask
 from common.train import TrainState, make_train_chunk, make_train_step, step_keys, train_step_fn
@@ -50,8 +50,9 @@ def bench_train_loop(ctx: BenchContext) -> dict:
             state, _metrics = step(state, batch_fn(train, batch_key))
         return state.params
 
-    scanned = time_call(lambda s: chunk(s, train)[0].params, state0, warmup=1, repeats=5)
-    looped = time_call(python_loop, state0, warmup=1, repeats=3)
+    times = time_interleaved({"scanned": lambda: chunk(state0, train)[0].params,
+                              "looped": lambda: python_loop(state0)}, rounds=5, warmup=1)
+    scanned, looped = times["scanned"], times["looped"]
     flops = _mlp_flops_per_step(cfg.batch_size, [64, *cfg.hidden, 10]) * steps
     gflops = flops / scanned.median / 1e9
     return {
@@ -92,8 +93,10 @@ def bench_optim_builder(ctx: BenchContext) -> dict:
 
         return run
 
-    t_built = time_call(runner(built), params, warmup=1, repeats=7)
-    t_hand = time_call(runner(by_hand), params, warmup=1, repeats=7)
+    run_built, run_hand = runner(built), runner(by_hand)
+    times = time_interleaved({"built": lambda: run_built(params),
+                              "hand": lambda: run_hand(params)}, rounds=7, warmup=1)
+    t_built, t_hand = times["built"], times["hand"]
     return {
         "params": 2 * n * n + 2 * n,
         "builder_updates_per_second": 50 / t_built.median,
@@ -125,14 +128,6 @@ def bench_ensemble_fit(ctx: BenchContext) -> dict:
     key = jax.random.key(0)
     results: dict = {"n_trees": n_trees, "n_stages": n_stages, "forest_max_depth": depth}
 
-    def sk_time(fn):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
-
     forest = make("random_forest", n_estimators=n_trees, max_depth=depth, n_classes=10)
     boosting = make("gradient_boosting", n_estimators=n_stages, max_depth=3, n_classes=10)
     for label, est, ref in (
@@ -143,10 +138,14 @@ def bench_ensemble_fit(ctx: BenchContext) -> dict:
         t0 = time.perf_counter()
         params = jax.block_until_ready(est.fit(key, X, y))
         first = time.perf_counter() - t0
-        fit = time_call(est.fit, key, X, y, warmup=0, repeats=repeats)
-        predict = time_call(est.predict, params, X, warmup=1, repeats=5)
-        ref_fit = sk_time(lambda ref=ref: ref.fit(X_np, y_np))
-        ref_predict = sk_time(lambda ref=ref: ref.predict(X_np))
+        fits = time_interleaved({"ours": lambda est=est: est.fit(key, X, y),
+                                 "sklearn": lambda ref=ref: ref.fit(X_np, y_np)},
+                                rounds=repeats, warmup=0)
+        predicts = time_interleaved({"ours": lambda est=est, p=params: est.predict(p, X),
+                                     "sklearn": lambda ref=ref: ref.predict(X_np)},
+                                    rounds=5, warmup=1)
+        fit, predict = fits["ours"], predicts["ours"]
+        ref_fit, ref_predict = fits["sklearn"].median, predicts["sklearn"].median
         results[f"{label}_fit_seconds"] = fit.median
         results[f"{label}_compile_seconds"] = max(first - fit.median, 0.0)
         results[f"{label}_sklearn_fit_seconds"] = ref_fit

@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from common.registry import Registry
 
 SCALES = ("quick", "full")
@@ -49,15 +51,18 @@ SCALES = ("quick", "full")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A registered recipe: ``run(ctx, config) -> summary`` with a config per scale, and
+    """A registered recipe: ``run(ctx, config) -> summary`` with a config per scale,
     ``claim``, what the README promises at quick scale (shown beside the measured
-    figures in the tour's report)."""
+    figures in the tour's report), and ``multi_process``: whether it runs correctly as
+    several processes (``common.distributed``'s rules: process-local data, global
+    arrays, results gathered with ``to_host``)."""
 
     name: str
     description: str
     configs: Mapping[str, Any]
     run: Callable[[RunContext, Any], dict[str, Any]]
     claim: str = ""
+    multi_process: bool = False
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -67,16 +72,18 @@ class ConfigError(ValueError):
     """A config override or scale that cannot be applied (unknown key, unparsable value)."""
 
 
-def register_recipe(name: str, description: str, *, quick, full, claim: str = ""):
-    """Decorator registering ``run(ctx, config) -> summary`` with its two configs and the
-    README's ``claim`` for the quick scale."""
+def register_recipe(name: str, description: str, *, quick, full, claim: str = "",
+                    multi_process: bool = False):
+    """Decorator registering ``run(ctx, config) -> summary`` with its two configs, the
+    README's ``claim`` for the quick scale, and whether it is ``multi_process``-correct
+    (others refuse to start in a multi-process run, before anything is written)."""
     for scale, cfg in (("quick", quick), ("full", full)):
         if not dataclasses.is_dataclass(cfg):
             raise TypeError(f"recipe {name!r}: the {scale} config must be a dataclass instance")
 
     def decorator(fn):
         RECIPES.add(name, Recipe(name, description, {"quick": quick, "full": full}, fn,
-                                 claim))
+                                 claim, multi_process))
         return fn
 
     return decorator
@@ -326,6 +333,14 @@ class RunContext:
         self._checkpointers.append(ckpt)
         return ckpt
 
+    def metrics_rows(self) -> list[dict]:
+        """Every row logged so far in this run folder (``metrics.jsonl``, a resumed run's
+        earlier rows included; on a non-primary process the rows kept in memory)."""
+        from common.metrics import read_metrics
+
+        self.logger.flush()
+        return read_metrics(self.logger.path) if self.primary else list(self.logger.rows)
+
     def history(self, prefix: str = "") -> list[tuple[int, dict[str, float]]]:
         """The whole run's logged rows as ``(step, metrics)``, read back from
         ``metrics.jsonl`` — including what a stopped run logged before it was resumed
@@ -335,11 +350,8 @@ class RunContext:
           prefix: keep only metrics whose name starts with it, with the prefix removed
             (the rows of one :class:`PrefixedLogger` stage).
         """
-        from common.metrics import read_metrics
-
-        self.logger.flush()
         rows = []
-        for row in read_metrics(self.logger.path) if self.primary else self.logger.rows:
+        for row in self.metrics_rows():
             metrics = {k[len(prefix):]: float(v) for k, v in row.items()
                        if k != "step" and k.startswith(prefix)}
             if metrics:
@@ -466,6 +478,12 @@ def run_recipe(name: str, *, scale: str = "quick", overrides: Mapping[str, str] 
     from common.train import Interrupted, deferred_interrupts
 
     recipe, config = resolve_config(name, scale, overrides)
+    if jax.process_count() > 1 and not recipe.multi_process:
+        ready = ", ".join(n for n, r in RECIPES.items() if r.multi_process)
+        raise ConfigError(
+            f"recipe {name!r} does not run as several processes yet (those that do: {ready}); "
+            "run it as one process, e.g. with 8 simulated devices: "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=8 jaxatlas run " + name)
     root_parent = Path(runs_root)
     if root_parent.exists() and not root_parent.is_dir():
         raise ConfigError(f"--runs {os.fspath(runs_root)!r} is a file, not a folder")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.bench import BenchContext, benchmark, time_call
+from common.bench import BenchContext, benchmark, time_call, time_interleaved
 from common.data import sample_batch
 from common.optim import OptimConfig, build_optimizer
 from common.train import TrainState, make_train_chunk, train_step_fn
@@ -59,7 +59,19 @@ def _train_throughput(ctx: BenchContext, name: str, model, data, batch: int, chu
     single = jax.jit(step)
     example = batch_fn(data, jax.random.key(0))
     flops = _flops(single.lower(state, example))
-    scanned = time_call(chunk_fn, state, data, warmup=1, repeats=3 if ctx.quick else 7)
+    if dispatch_reference:
+        def dispatch_chunk():  # the same steps, one host dispatch each
+            out = None
+            for _ in range(chunk):
+                out = single(state, example)
+            return out
+
+        times = time_interleaved({"scanned": lambda: chunk_fn(state, data),
+                                  "dispatched": dispatch_chunk},
+                                 rounds=3 if ctx.quick else 7, warmup=1)
+        scanned = times["scanned"]
+    else:
+        scanned = time_call(chunk_fn, state, data, warmup=1, repeats=3 if ctx.quick else 7)
     steps_per_s = chunk / scanned.median
     results = {
         f"{name}_steps_per_s": steps_per_s,
@@ -67,8 +79,8 @@ def _train_throughput(ctx: BenchContext, name: str, model, data, batch: int, chu
         f"{name}_fraction_of_ceiling": ctx.fraction_of_ceiling(flops * steps_per_s / 1e9),
     }
     if dispatch_reference:
-        dispatched = time_call(single, state, example, warmup=1, repeats=chunk)
-        results[f"{name}_scan_speedup_vs_dispatch"] = dispatched.median * chunk / scanned.median
+        results[f"{name}_scan_speedup_vs_dispatch"] = (times["dispatched"].median
+                                                       / scanned.median)
     return results
 
 
@@ -102,23 +114,20 @@ def sampler_overhead(ctx: BenchContext) -> dict:
     score_fn = score_fn_of(graphdef, params, rest, sde, 2.0)
     shape = (batch, 2)
     results = {}
+    samplers = {}
     for predictor, corrector in (("reverse_diffusion", "langevin"),
                                  ("euler_maruyama", "none")):
         sample = jax.jit(lambda k, p=predictor, c=corrector: pc_sampler(
             k, score_fn, sde, shape, predictor=p, corrector=c, snr=0.05))
-        nfe = int(sample(jax.random.key(0))[1])
-        timing = time_call(lambda k: sample(k)[0], jax.random.key(0), warmup=1,
-                           repeats=repeats)
         tag = f"{predictor}+{corrector}"
-        results[f"{tag}_nfe"] = nfe
-        results[f"{tag}_seconds"] = timing.median
+        results[f"{tag}_nfe"] = int(sample(jax.random.key(0))[1])
+        samplers[tag] = sample
 
     # The reference evaluation is the full network, time embedding included: t is an
     # argument (a closed-over constant t would let XLA fold the embedding away).
     x = jax.random.normal(jax.random.key(1), shape)
     t = jnp.full((batch,), 0.5)
     one = jax.jit(lambda x, t: net_apply(graphdef, params, rest, x, t))
-    single = time_call(one, x, t, warmup=2, repeats=50)
     nfe = results["reverse_diffusion+langevin_nfe"]
     times = jnp.linspace(1.0, 1e-3, nfe)
 
@@ -127,7 +136,15 @@ def sampler_overhead(ctx: BenchContext) -> dict:
                               None)
         return jax.lax.scan(step, x, times)[0]
 
-    in_scan = time_call(jax.jit(chained), x, times, warmup=1, repeats=repeats)
+    chained = jax.jit(chained)
+    timed = time_interleaved({
+        **{tag: (lambda f=f: f(jax.random.key(0))[0]) for tag, f in samplers.items()},
+        "chained": lambda: chained(x, times),
+        "single": lambda: one(x, t),
+    }, rounds=repeats, warmup=1)
+    for tag in samplers:
+        results[f"{tag}_seconds"] = timed[tag].median
+    in_scan, single = timed["chained"], timed["single"]
     eval_s = in_scan.median / nfe
     results["network_eval_ms_in_scan"] = 1e3 * eval_s
     results["network_eval_ms_dispatched"] = 1e3 * single.median

@@ -5,9 +5,11 @@ the same run (a plain numpy/Python loop of the same algorithm, or a slower varia
 and reports the ratio; none asserts a time.
 
 * ``gridworld-episodes``: episodes/s of the jitted, vmapped episode generator of
-  :mod:`rl.monte_carlo` vs :func:`numpy_sample_episodes`.
+  :mod:`rl.monte_carlo` vs :func:`numpy_sample_episodes_vectorised` (all episodes
+  advance together) and :func:`numpy_sample_episodes` (a loop per step).
 * ``mc-epsilon-greedy``: wall time of :func:`rl.monte_carlo.mc_epsilon_greedy` vs
-  :func:`numpy_mc_epsilon_greedy`, the same algorithm as numpy loops.
+  :func:`numpy_mc_epsilon_greedy_vectorised` and :func:`numpy_mc_epsilon_greedy`, the
+  same algorithm in batch-vectorised numpy and as numpy loops.
 * ``dpo-train-step``: DPO train-step tokens/s with cached vs recomputed reference
   log-probs.
 * ``ddpg-throughput``: on-device DDPG env steps/s vs a Python loop.
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.bench import BenchContext, Timing, benchmark, time_call
+from common.bench import BenchContext, benchmark, time_interleaved
 from common.optim import OptimConfig, build_optimizer
 from common.train import TrainState, make_train_step
 from rl import monte_carlo
@@ -69,6 +71,85 @@ def numpy_sample_episodes(world: GridWorld, policy, num_episodes: int, length: i
     return states, actions, rewards
 
 
+def numpy_sample_episodes_vectorised(world: GridWorld, policy, num_episodes: int,
+                                     length: int, rng: np.random.Generator,
+                                     exploring_starts: bool = False):
+    """Batch-vectorised numpy episode generator: all episodes advance together, one
+    numpy operation per time step (the fair CPU reference of ``gridworld-episodes``).
+
+    It draws the random numbers in the order :func:`numpy_sample_episodes` does (per
+    episode: ``length`` uniforms, then the start), so with the same ``rng`` state both
+    return the same episodes.
+
+    Returns:
+      ``(states, actions, rewards)`` numpy arrays ``[B, T]``.
+    """
+    next_state, reward = world.transition_table()
+    policy = np.asarray(policy, dtype=np.float64)
+    cdf = np.cumsum(policy, axis=-1)
+    S, A = policy.shape
+    uniforms = np.empty((num_episodes, length))
+    starts = np.empty(num_episodes, np.int64)
+    firsts = np.full(num_episodes, -1, np.int64)
+    for b in range(num_episodes):  # the loop reference's draw order; cheap next to the steps
+        uniforms[b] = rng.random(length)
+        if exploring_starts:
+            pair = rng.integers(S * A)
+            starts[b], firsts[b] = pair // A, pair % A
+        else:
+            starts[b] = rng.integers(S)
+    states = np.zeros((num_episodes, length), np.int64)
+    actions = np.zeros((num_episodes, length), np.int64)
+    rewards = np.zeros((num_episodes, length))
+    s = starts
+    for t in range(length):
+        rows = cdf[s]  # [B, A]
+        # searchsorted(row, u·row[-1], side="right") = how many entries are <= u·row[-1]
+        a = np.minimum(np.sum(rows <= uniforms[:, t:t + 1] * rows[:, -1:], axis=1), A - 1)
+        if t == 0:
+            a = np.where(firsts >= 0, firsts, a)
+        states[:, t], actions[:, t], rewards[:, t] = s, a, reward[s, a]
+        s = next_state[s, a]
+    return states, actions, rewards
+
+
+def numpy_mc_epsilon_greedy_vectorised(world: GridWorld, rng: np.random.Generator, *,
+                                       epsilon: float, gamma: float, num_episodes: int,
+                                       episode_length: int, episodes_per_update: int = 1,
+                                       exploring_starts: bool = False):
+    """:func:`numpy_mc_epsilon_greedy` with every loop over episodes and states replaced
+    by batch operations (returns accumulated backwards over the batch at once,
+    ``np.add.at`` for the sums, the policy update over all visited states together).
+    Same random draws and same summation order, hence the same result.
+
+    Returns:
+      ``(policy [S, A], q [S, A])``.
+    """
+    S, A = world.num_states, world.num_actions
+    policy = np.full((S, A), 1.0 / A)
+    sums = np.zeros((S, A))
+    counts = np.zeros((S, A))
+    for _ in range(num_episodes // episodes_per_update):
+        states, actions, rewards = numpy_sample_episodes_vectorised(
+            world, policy, episodes_per_update, episode_length, rng, exploring_starts)
+        returns = np.zeros_like(rewards)
+        g = np.zeros(episodes_per_update)
+        for t in range(episode_length - 1, -1, -1):
+            g = rewards[:, t] + gamma * g
+            returns[:, t] = g
+        order = (slice(None), slice(None, None, -1))  # per episode, last step first
+        np.add.at(sums, (states[order].ravel(), actions[order].ravel()), returns[order].ravel())
+        np.add.at(counts, (states.ravel(), actions.ravel()), 1)
+        visited = np.unique(states)
+        q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        best = q[visited].max(axis=1, keepdims=True)
+        greedy = np.argmax(q[visited] >= best - 1e-5 * np.maximum(1.0, np.abs(best)), axis=1)
+        policy[visited] = epsilon / A
+        policy[visited, greedy] += 1.0 - epsilon
+    q = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return policy, q
+
+
 def numpy_mc_epsilon_greedy(world: GridWorld, rng: np.random.Generator, *, epsilon: float,
                             gamma: float, num_episodes: int, episode_length: int,
                             episodes_per_update: int = 1, exploring_starts: bool = False):
@@ -105,58 +186,70 @@ def numpy_mc_epsilon_greedy(world: GridWorld, rng: np.random.Generator, *, epsil
     return policy, q
 
 
-@benchmark("gridworld-episodes", "grid-world episodes/s: jitted vmapped generator vs a numpy "
-           "loop")
+@benchmark("gridworld-episodes", "grid-world episodes/s: jitted vmapped generator vs "
+           "batch-vectorised numpy and a numpy loop")
 def bench_episode_generator(ctx: BenchContext, sizes: dict | None = None) -> dict:
-    """Episodes per second of the jitted, vmapped generator vs the numpy loop."""
+    """Episodes per second of the jitted, vmapped generator against batch-vectorised
+    numpy (the fair CPU reference: one numpy operation per step for all episodes) and
+    the per-step Python loop, timed in alternation."""
     sizes = sizes or ({"jax_episodes": 4096, "numpy_episodes": 100, "length": 100}
                       if ctx.quick else
                       {"jax_episodes": 65536, "numpy_episodes": 500, "length": 100})
     world = book_5x5()
     policy = jnp.full((world.num_states, world.num_actions), 1.0 / world.num_actions)
+    policy_np = np.asarray(policy)
     B, T = sizes["jax_episodes"], sizes["length"]
-    generate = jax.jit(lambda key: monte_carlo.sample_episodes(world, policy, key, B, T))
-    jax_time = time_call(generate, jax.random.key(0), warmup=2, repeats=5)
-    rng = np.random.default_rng(0)
     n_np = sizes["numpy_episodes"]
-    np_time = time_call(numpy_sample_episodes, world, np.asarray(policy), n_np, T, rng,
-                        warmup=0, repeats=3)
-    jax_rate = jax_time.per_second(B)
-    np_rate = np_time.per_second(n_np)
+    generate = jax.jit(lambda key: monte_carlo.sample_episodes(world, policy, key, B, T))
+    rng = np.random.default_rng(0)
+    times = time_interleaved({
+        "jax": lambda: generate(jax.random.key(0)),
+        "vectorised": lambda: numpy_sample_episodes_vectorised(world, policy_np, B, T, rng),
+        "loop": lambda: numpy_sample_episodes(world, policy_np, n_np, T, rng),
+    }, rounds=5 if ctx.quick else 7, warmup=1)
+    jax_rate = times["jax"].per_second(B)
+    vec_rate = times["vectorised"].per_second(B)
+    loop_rate = times["loop"].per_second(n_np)
     return {
         "episode_length": T,
         "jax_episodes_per_call": B,
         "jax_episodes_per_second": jax_rate,
         "jax_steps_per_second": jax_rate * T,
-        "numpy_episodes_per_second": np_rate,
-        "speedup_vs_numpy": jax_rate / np_rate,
+        "vectorised_numpy_episodes_per_second": vec_rate,
+        "loop_numpy_episodes_per_second": loop_rate,
+        "speedup_vs_vectorised_numpy": jax_rate / vec_rate,
+        "speedup_vs_numpy_loop": jax_rate / loop_rate,
     }
 
 
 @benchmark("mc-epsilon-greedy", "MC ε-greedy wall time for a fixed number of episodes: JAX vs "
-           "a numpy loop")
+           "batch-vectorised numpy and a numpy loop")
 def bench_mc_epsilon_greedy(ctx: BenchContext, sizes: dict | None = None) -> dict:
-    """Wall time of MC ε-greedy for a fixed number of episodes, JAX vs the numpy loop."""
+    """Wall time of MC ε-greedy for a fixed number of episodes: JAX against the same
+    algorithm in batch-vectorised numpy and as numpy loops, timed in alternation."""
     sizes = sizes or ({"episodes": 2000, "length": 100, "batch": 100} if ctx.quick else
                       {"episodes": 10000, "length": 100, "batch": 100})
     world = book_5x5(r_forbidden=-10.0)
     N, T, B = sizes["episodes"], sizes["length"], sizes["batch"]
     kwargs = dict(epsilon=0.1, gamma=0.9, num_episodes=N, episode_length=T,
                   episodes_per_update=B)
-    run = lambda key: monte_carlo.mc_epsilon_greedy(world, key, **kwargs)
-    jax_time = time_call(run, jax.random.key(0), warmup=1, repeats=5)
+    run = jax.jit(lambda key: monte_carlo.mc_epsilon_greedy(world, key, **kwargs))
     rng = np.random.default_rng(0)
-    np_time = time_call(lambda: numpy_mc_epsilon_greedy(world, rng, **kwargs), warmup=0,
-                        repeats=1)
+    times = time_interleaved({
+        "jax": lambda: run(jax.random.key(0)),
+        "vectorised": lambda: numpy_mc_epsilon_greedy_vectorised(world, rng, **kwargs),
+        "loop": lambda: numpy_mc_epsilon_greedy(world, rng, **kwargs),
+    }, rounds=3 if ctx.quick else 5, warmup=1)
     return {
         "episodes": N,
         "episode_length": T,
         "episodes_per_update": B,
-        "jax_seconds": jax_time.median,
-        "numpy_seconds": np_time.median,
-        "jax_episodes_per_second": jax_time.per_second(N),
-        "numpy_episodes_per_second": np_time.per_second(N),
-        "speedup_vs_numpy": np_time.median / jax_time.median,
+        "jax_seconds": times["jax"].median,
+        "vectorised_numpy_seconds": times["vectorised"].median,
+        "loop_numpy_seconds": times["loop"].median,
+        "jax_episodes_per_second": times["jax"].per_second(N),
+        "speedup_vs_vectorised_numpy": times["vectorised"].median / times["jax"].median,
+        "speedup_vs_numpy_loop": times["loop"].median / times["jax"].median,
     }
 
 
@@ -190,15 +283,10 @@ def bench_dpo_step(ctx: BenchContext) -> dict:
     step_fresh = make_train_step(make_dpo_loss(logits_fn, ref_params=state.params), tx,
                                  donate=False)
     repeats = 15 if ctx.quick else 8
-    # Interleave the two paths so that load changes on a shared machine hit both alike.
-    for fn, data in ((step_cached, cached), (step_fresh, pairs)):
-        time_call(fn, state, data, warmup=2, repeats=1)
-    cached_times, fresh_times = [], []
-    for _ in range(repeats):
-        cached_times += time_call(step_cached, state, cached, warmup=0, repeats=1).times
-        fresh_times += time_call(step_fresh, state, pairs, warmup=0, repeats=1).times
-    t_cached = Timing(float(np.median(cached_times)), min(cached_times), tuple(cached_times))
-    t_fresh = Timing(float(np.median(fresh_times)), min(fresh_times), tuple(fresh_times))
+    times = time_interleaved({"cached": lambda: step_cached(state, cached),
+                              "fresh": lambda: step_fresh(state, pairs)},
+                             rounds=repeats, warmup=2)
+    t_cached, t_fresh = times["cached"], times["fresh"]
     tokens = 2 * batch * task.seq_len
     # forward + backward ≈ 3 forwards of the policy; the per-step reference adds one more
     flops = 3.0 * tokens * lm_flops_per_token(cfg, task.seq_len)
@@ -285,19 +373,23 @@ def bench_ddpg_throughput(ctx: BenchContext) -> dict:
     t0 = jnp.int32(cfg.learning_starts)
     state8 = init(seed_keys(range(8)))
     state8, _ = run(state8, jnp.int32(0), cfg.learning_starts, False)   # fill the buffers
-    rollout = time_call(lambda s: run(s, t0, steps, False)[0].buffer, state8, warmup=0,
-                        repeats=3)
-    out["rollout_steps_per_second_8_seeds"] = rollout.per_second(steps * 8)
     warm = {8: state8, 1: jax.tree.map(lambda x: x[:1], state8)}
-    for seeds in (1, 8):
-        train = time_call(lambda s: run(s, t0, steps, True)[0].learner, warm[seeds], warmup=1,
-                          repeats=3)
-        out[f"train_steps_per_second_{seeds}_seeds"] = train.per_second(steps * seeds)
     one = jax.tree.map(lambda x: x[0], state8)
     fns = {"act": jax.jit(agent.explore), "env": jax.jit(agent.env.step),
            "update": jax.jit(agent.update)}
-    loop = time_call(lambda: python_loop_steps(fns, agent, one, cfg.learning_starts, py_steps),
-                     warmup=1, repeats=3)
+    # every path in alternation, so load drift falls on all of them alike
+    times = time_interleaved({
+        "rollout_8": lambda: run(state8, t0, steps, False)[0].buffer,
+        "train_1": lambda: run(warm[1], t0, steps, True)[0].learner,
+        "train_8": lambda: run(warm[8], t0, steps, True)[0].learner,
+        "python_loop": lambda: python_loop_steps(fns, agent, one, cfg.learning_starts,
+                                                 py_steps),
+    }, rounds=3 if ctx.quick else 5, warmup=1)
+    out["rollout_steps_per_second_8_seeds"] = times["rollout_8"].per_second(steps * 8)
+    for seeds in (1, 8):
+        out[f"train_steps_per_second_{seeds}_seeds"] = times[f"train_{seeds}"].per_second(
+            steps * seeds)
+    loop = times["python_loop"]
     py_sps = loop.per_second(py_steps)
     out["python_loop_steps_per_second"] = py_sps
     out["speedup_1_seed_vs_python_loop"] = out["train_steps_per_second_1_seeds"] / py_sps

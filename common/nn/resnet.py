@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,12 +114,13 @@ class FrozenBatchNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (1,) * (jnp.ndim(x) - 1) + (-1,)
         factor = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
-        shift = self.bias[...] - self.mean[...] * factor
-        return x * factor.reshape(shape) + shift.reshape(shape)
+        shift = self.bias[...] - self.mean[...] * factor  # float32 statistics
+        out = x.astype(jnp.promote_types(x.dtype, jnp.float32)) * factor.reshape(shape)
+        return (out + shift.reshape(shape)).astype(x.dtype)  # the input's dtype
 
 
 def make_conv_norm(kind: str, features: int, *, groups: int = 32, eps: float = 1e-5,
-                   momentum: float = 0.9, rngs: nnx.Rngs) -> nnx.Module:
+                   momentum: float = 0.9, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
     """A channel norm for ``[B, H, W, C]`` feature maps: one of :data:`NORMS`.
 
     Args:
@@ -128,6 +130,7 @@ def make_conv_norm(kind: str, features: int, *, groups: int = 32, eps: float = 1
       eps: variance stabiliser.
       momentum: running-average momentum of ``"batchnorm"``
         (``avg ← momentum · avg + (1 − momentum) · batch``).
+      dtype: output dtype (``None``: from the input); statistics are reduced in float32.
       rngs: ``nnx.Rngs``.
 
     Returns:
@@ -140,10 +143,10 @@ def make_conv_norm(kind: str, features: int, *, groups: int = 32, eps: float = 1
     """
     if kind == "batchnorm":
         return nnx.BatchNorm(features, momentum=momentum, epsilon=eps,
-                             use_fast_variance=False, rngs=rngs)
+                             use_fast_variance=False, dtype=dtype, rngs=rngs)
     if kind == "groupnorm":
         return nnx.GroupNorm(features, num_groups=group_count(features, groups), epsilon=eps,
-                             use_fast_variance=False, rngs=rngs)
+                             use_fast_variance=False, dtype=dtype, rngs=rngs)
     if kind == "frozen_bn":
         return FrozenBatchNorm(features, eps)
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
@@ -174,6 +177,9 @@ class ResNetConfig:
       norm_eps: norm stabiliser.
       bn_momentum: running-average momentum of batch norm (PyTorch's 0.1 is 0.9 here).
       conv_impl: convolution implementation (see :func:`common.nn.conv.conv2d`).
+      dtype: computation dtype of convolutions and norms (``None``: from inputs and
+        parameters; ``jnp.bfloat16`` under ``common.precision``'s ``bf16``, parameters
+        and norm statistics staying float32).
     """
 
     stem_channels: int = 64
@@ -188,6 +194,7 @@ class ResNetConfig:
     norm_eps: float = 1e-5
     bn_momentum: float = 0.9
     conv_impl: str = "auto"
+    dtype: Any = None
 
     def __post_init__(self):
         for name in ("stem_channels", "stem_kernel", "stem_stride", "norm_groups"):
@@ -224,12 +231,13 @@ class ResNetConfig:
 
 def _conv(cin, cout, k, stride, config, rngs):
     return Conv2D(cin, cout, k, stride, use_bias=False, impl=config.conv_impl,
-                  kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+                  kernel_init=nnx.initializers.he_normal(), dtype=config.dtype, rngs=rngs)
 
 
 def _norm(features, config, rngs):
     return make_conv_norm(config.norm, features, groups=config.norm_groups,
-                          eps=config.norm_eps, momentum=config.bn_momentum, rngs=rngs)
+                          eps=config.norm_eps, momentum=config.bn_momentum, dtype=config.dtype,
+                          rngs=rngs)
 
 
 class BasicBlock(nnx.Module):

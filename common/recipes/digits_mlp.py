@@ -22,6 +22,7 @@ from common.distributed import global_array, global_batch, process_rows, to_host
 from common.nn import MLP
 from common.nn.mlp import get_activation
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.sharding import DATA_AXIS, make_mesh, state_shardings
 from common.train import TrainState, fit, train_step_fn
@@ -29,7 +30,8 @@ from common.train import TrainState, fit, train_step_fn
 
 @dataclasses.dataclass(frozen=True)
 class DigitsConfig:
-    """Config of ``digits-mlp``; ``optim.total_steps`` defaults to ``steps``."""
+    """Config of ``digits-mlp``; ``optim.total_steps`` defaults to ``steps``;
+    ``precision``: ``"fp32"`` or ``"bf16"`` (``common.precision``)."""
 
     seed: int = 0
     hidden: tuple[int, ...] = (256, 256)
@@ -41,6 +43,7 @@ class DigitsConfig:
     eval_every: int = 100
     checkpoint_every: int = 500
     test_fraction: float = 0.2
+    precision: str = "fp32"
     optim: OptimConfig = OptimConfig(name="adamw", learning_rate=2e-3, schedule="cosine",
                                      warmup_steps=100, weight_decay=1e-4, clip_norm=1.0)
 
@@ -51,13 +54,16 @@ class DigitsConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
         get_activation(self.activation)
+        get_policy(self.precision)
         build_optimizer(default_total_steps(self.optim, self.steps))  # schedule vs steps
 
 
 def make_model(cfg: DigitsConfig, key: jax.Array) -> MLP:
-    """``MLP([64, *hidden, 10])`` with dropout after each hidden activation."""
+    """``MLP([64, *hidden, 10])`` with dropout after each hidden activation, computing in
+    the dtype of ``cfg.precision`` (float32 parameters)."""
+    policy = get_policy(cfg.precision)
     return MLP([64, *cfg.hidden, 10], activation=cfg.activation, dropout_rate=cfg.dropout,
-               rngs=nnx.Rngs(key))
+               dtype=policy.layer_dtype, param_dtype=policy.param_dtype, rngs=nnx.Rngs(key))
 
 
 def make_loss_fn(graphdef):
@@ -67,6 +73,7 @@ def make_loss_fn(graphdef):
     def loss_fn(params, rest, batch, key):
         model = nnx.merge(graphdef, params, rest)
         logits = model(batch["x"], deterministic=False, rngs=nnx.Rngs(dropout=key))  # [B, 10]
+        logits = logits.astype(jnp.float32)  # the loss in float32 under every precision
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["y"])
         return loss, {"train_batch_accuracy": accuracy}
@@ -195,6 +202,7 @@ def train_digits(cfg: DigitsConfig, *, logger=None, checkpointer=None, progress=
     claim="test accuracy about 0.98 in under 10 s on a 2-core CPU",
     quick=DigitsConfig(),
     full=DigitsConfig(steps=6000, hidden=(512, 512), checkpoint_every=1000),
+    multi_process=True,
 )
 def digits_mlp(ctx: RunContext, cfg: DigitsConfig) -> dict:
     t0 = time.perf_counter()

@@ -35,16 +35,19 @@ default_init = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 class _ResBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, temb: int, groups: int, dropout: float,
-                 impl, rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), rngs=rngs)
-        self.conv1 = Conv2D(cin, cout, 3, kernel_init=default_init, impl=impl, rngs=rngs)
-        self.temb = nnx.Linear(temb, cout, kernel_init=default_init, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(cout, num_groups=group_count(cout, groups), rngs=rngs)
+                 impl, rngs: nnx.Rngs, dtype=None):
+        self.norm1 = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), dtype=dtype,
+                                   rngs=rngs)
+        self.conv1 = Conv2D(cin, cout, 3, kernel_init=default_init, impl=impl, dtype=dtype,
+                            rngs=rngs)
+        self.temb = nnx.Linear(temb, cout, kernel_init=default_init, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(cout, num_groups=group_count(cout, groups), dtype=dtype,
+                                   rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.conv2 = Conv2D(cout, cout, 3, kernel_init=nnx.initializers.zeros, impl=impl,
-                            rngs=rngs)
-        self.skip = (Conv2D(cin, cout, 1, kernel_init=default_init, impl=impl, rngs=rngs)
-                     if cin != cout else None)
+                            dtype=dtype, rngs=rngs)
+        self.skip = (Conv2D(cin, cout, 1, kernel_init=default_init, impl=impl, dtype=dtype,
+                            rngs=rngs) if cin != cout else None)
 
     def __call__(self, x, emb, deterministic, rngs):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -55,9 +58,11 @@ class _ResBlock(nnx.Module):
 
 
 class _AttnBlock(nnx.Module):
-    def __init__(self, channels: int, heads: int, groups: int, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(channels, num_groups=group_count(channels, groups), rngs=rngs)
-        self.attn = MultiHeadAttention(channels, heads, kernel_init=default_init, rngs=rngs)
+    def __init__(self, channels: int, heads: int, groups: int, rngs: nnx.Rngs, dtype=None):
+        self.norm = nnx.GroupNorm(channels, num_groups=group_count(channels, groups),
+                                  dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(channels, heads, kernel_init=default_init, dtype=dtype,
+                                       rngs=rngs)
 
     def __call__(self, x):
         B, H, W, C = x.shape
@@ -85,6 +90,9 @@ class ScoreUNet(nnx.Module):
       embedding_scale: see :class:`~generative.models.embedding.TimeEmbedding`.
       conv_impl: ``"auto"`` (im2col on CPU, XLA's elsewhere), ``"im2col"`` or ``"xla"``;
         see :func:`common.nn.conv2d`.
+      dtype: computation dtype of convolutions, attention and norms (``None``: float32
+        like the parameters; ``jnp.bfloat16`` under ``common.precision``'s ``bf16``). The
+        time embedding and the returned score stay float32.
       rngs: ``nnx.Rngs``.
 
     Call:
@@ -103,7 +111,7 @@ class ScoreUNet(nnx.Module):
                  attention_levels: tuple[int, ...] | None = None, heads: int = 4,
                  groups: int = 8, dropout: float = 0.0, embedding: str = "sinusoidal",
                  embedding_scale: float | None = None, conv_impl: str = "auto",
-                 rngs: nnx.Rngs):
+                 dtype=None, rngs: nnx.Rngs):
         if min(in_channels, image_size, channels, num_res_blocks, heads) <= 0 \
                 or not channel_mult:
             raise ValueError("in_channels, image_size, channels, num_res_blocks, heads must be "
@@ -118,44 +126,45 @@ class ScoreUNet(nnx.Module):
         self.embed = TimeEmbedding(channels, temb, kind=embedding, scale=embedding_scale,
                                    kernel_init=default_init, rngs=rngs)
         self.conv_in = Conv2D(in_channels, channels, 3, kernel_init=default_init,
-                              impl=conv_impl, rngs=rngs)
+                              impl=conv_impl, dtype=dtype, rngs=rngs)
         widths = [channels * m for m in channel_mult]
 
         down, skips = [], [channels]
         cin = channels
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                block = _ResBlock(cin, width, temb, groups, dropout, conv_impl, rngs)
-                attn = (_AttnBlock(width, heads, groups, rngs) if level in attention_levels
-                        else None)
+                block = _ResBlock(cin, width, temb, groups, dropout, conv_impl, rngs, dtype)
+                attn = (_AttnBlock(width, heads, groups, rngs, dtype)
+                        if level in attention_levels else None)
                 down.append((block, attn))
                 cin = width
                 skips.append(cin)
             if level != levels - 1:
                 down.append((Conv2D(cin, cin, 3, 2, kernel_init=default_init, impl=conv_impl,
-                                    rngs=rngs), None))
+                                    dtype=dtype, rngs=rngs), None))
                 skips.append(cin)
         self.down = nnx.List([nnx.List(list(pair)) for pair in down])
-        self.mid = nnx.List([_ResBlock(cin, cin, temb, groups, dropout, conv_impl, rngs),
-                             _AttnBlock(cin, heads, groups, rngs),
-                             _ResBlock(cin, cin, temb, groups, dropout, conv_impl, rngs)])
+        self.mid = nnx.List([_ResBlock(cin, cin, temb, groups, dropout, conv_impl, rngs, dtype),
+                             _AttnBlock(cin, heads, groups, rngs, dtype),
+                             _ResBlock(cin, cin, temb, groups, dropout, conv_impl, rngs, dtype)])
         up = []
         for level in reversed(range(levels)):
             width = widths[level]
             for _ in range(num_res_blocks + 1):
                 block = _ResBlock(cin + skips.pop(), width, temb, groups, dropout, conv_impl,
-                                  rngs)
-                attn = (_AttnBlock(width, heads, groups, rngs) if level in attention_levels
-                        else None)
+                                  rngs, dtype)
+                attn = (_AttnBlock(width, heads, groups, rngs, dtype)
+                        if level in attention_levels else None)
                 up.append((block, attn))
                 cin = width
             if level != 0:
                 up.append((Conv2D(cin, cin, 3, kernel_init=default_init, impl=conv_impl,
-                                  rngs=rngs), None))
+                                  dtype=dtype, rngs=rngs), None))
         self.up = nnx.List([nnx.List(list(pair)) for pair in up])
-        self.norm_out = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), rngs=rngs)
+        self.norm_out = nnx.GroupNorm(cin, num_groups=group_count(cin, groups), dtype=dtype,
+                                      rngs=rngs)
         self.conv_out = Conv2D(cin, in_channels, 3, kernel_init=nnx.initializers.zeros,
-                               impl=conv_impl, rngs=rngs)
+                               impl=conv_impl, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, t: jax.Array, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -189,4 +198,5 @@ class ScoreUNet(nnx.Module):
                 h = jax.image.resize(h, (h.shape[0], target[1], target[2], h.shape[3]),
                                      method="nearest")
                 h = block(h)
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))
+        out = self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return out.astype(jnp.promote_types(x.dtype, jnp.float32))  # the score in float32

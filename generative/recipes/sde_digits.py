@@ -48,6 +48,7 @@ import numpy as np
 
 from common.checks import check_fields
 from common.optim import OptimConfig
+from common.precision import get_policy
 from common.recipe import RunContext, plot_smoothed, register_recipe
 from generative.data import from_model_space, load_digits_images, load_fashion_mnist
 from generative.likelihood import DIVERGENCES, bits_per_dim, uniform_dequantize
@@ -73,6 +74,9 @@ class DigitsSDEConfig:
     folder of the IDX files). ``data_std`` scales the U-Net's input (0 disables).
     ``ode_tol`` / ``nll_tol`` are the RK45 tolerances (rtol = atol) of the ODE sampler
     and of the likelihood; score_sde used 1e-5 for both (the full scale does).
+    ``precision``: ``"fp32"`` or ``"bf16"`` for the U-Net (``common.precision``: bfloat16
+    convolutions and attention; the score, the loss, sampling and the likelihood ODE in
+    float32).
     """
 
     seed: int = 0
@@ -96,12 +100,14 @@ class DigitsSDEConfig:
     nll_batch: int = 64
     nll_tol: float = 1e-4
     divergence: str = "hutchinson_rademacher"
+    precision: str = "fp32"
     train: TrainConfig = TrainConfig(
         steps=3000, batch_size=32, chunk_size=250, checkpoint_every=1000, ema_decay=0.99,
         optim=OptimConfig(name="adam", learning_rate=4e-3, schedule="cosine",
                           warmup_steps=100, end_factor=0.05, clip_norm=1.0))
 
     def validate(self) -> None:
+        get_policy(self.precision)
         check_fields(self, positive_ints=("channels", "num_res_blocks", "heads", "grid_size",
                                           "sampling_steps", "nll_examples", "nll_batch"),
                      nonnegative_ints=("seed",), positive=("sigma_max", "data_std", "snr",
@@ -248,7 +254,7 @@ def sde_digits(ctx: RunContext, cfg: DigitsSDEConfig) -> dict:
     model = init_score_net("unet", init_key, in_channels=channels, image_size=height,
                            channels=cfg.channels, channel_mult=tuple(cfg.channel_mult),
                            num_res_blocks=cfg.num_res_blocks, heads=cfg.heads,
-                           dropout=cfg.dropout)
+                           dropout=cfg.dropout, dtype=get_policy(cfg.precision).layer_dtype)
     batch_size = cfg.train.batch_size
 
     def batch_fn(images, k):

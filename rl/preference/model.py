@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,9 @@ class LMConfig:
       num_heads: attention heads (``D`` divisible by it; head size even for RoPE).
       mlp_dim: SwiGLU hidden size.
       dropout_rate: residual/feed-forward dropout (0 for the toy task).
+      dtype: computation dtype of the layers (``None``: float32 like the parameters;
+        ``jnp.bfloat16`` under ``common.precision``'s ``bf16``); logits, rewards and
+        values come out in float32 for the losses.
     """
 
     vocab_size: int = 32
@@ -64,6 +67,7 @@ class LMConfig:
     num_heads: int = 4
     mlp_dim: int = 128
     dropout_rate: float = 0.0
+    dtype: Any = None
 
 
 class Backbone(nnx.Module):
@@ -78,7 +82,7 @@ class Backbone(nnx.Module):
             d_model=cfg.d_model, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
             num_layers=cfg.num_layers, cross_attention=False, norm="rmsnorm", norm_first=True,
             mlp="swiglu", activation="silu", mlp_bias=False, qkv_bias=False, rope="1d",
-            dropout_rate=cfg.dropout_rate, final_norm=True), rngs=rngs)
+            dropout_rate=cfg.dropout_rate, final_norm=True, dtype=cfg.dtype), rngs=rngs)
 
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -113,7 +117,8 @@ class CausalLM(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.lm_head(self.backbone(tokens, deterministic=deterministic, rngs=rngs))
+        logits = self.lm_head(self.backbone(tokens, deterministic=deterministic, rngs=rngs))
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class RewardModel(nnx.Module):
@@ -141,7 +146,8 @@ class RewardModel(nnx.Module):
                              f"{tuple(jnp.shape(lengths))}")
         last = jnp.clip(jnp.asarray(lengths) - 1, 0, tokens.shape[1] - 1)
         pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # [B, D]
-        return self.value_head(pooled)[:, 0]
+        reward = self.value_head(pooled)[:, 0]
+        return reward.astype(jnp.promote_types(reward.dtype, jnp.float32))
 
 
 def init_reward_from_lm(reward_model: RewardModel, lm: CausalLM) -> RewardModel:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.checks import check_fields
-from common.metrics import read_metrics, series
+from common.metrics import series
 from common.recipe import RunContext, register_recipe
 from rl.ddpg import DDPGConfig, ddpg_config, make_agent, td3_config, train_seeds
 
@@ -124,7 +124,7 @@ def run_ddpg_recipe(ctx: RunContext, cfg: DDPGRecipeConfig, title: str) -> tuple
     ctx.logger.flush()
     env = make_agent(cfg.agent).env
     random_return = random_policy_return(env, jax.random.key(cfg.seed + 12345))
-    rows = read_metrics(ctx.logger.path)
+    rows = ctx.metrics_rows()
     per_seed = [float(v) for v in np.asarray(result.final_eval_returns)]
     total_steps = cfg.agent.total_steps
     summary = {
@@ -158,6 +158,7 @@ _PENDULUM_FULL = ddpg_config(**_PENDULUM_FULL_SIZES)
            "target ≥ −200)"),
     quick=DDPGRecipeConfig(agent=_PENDULUM_QUICK),
     full=DDPGRecipeConfig(agent=_PENDULUM_FULL, periods_per_chunk=4),
+    multi_process=True,
 )
 def ddpg_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     summary, rows = run_ddpg_recipe(ctx, cfg, "DDPG on Pendulum-v1")
@@ -177,6 +178,7 @@ def ddpg_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     claim="mean evaluation return −147",
     quick=DDPGRecipeConfig(agent=td3_config()),
     full=DDPGRecipeConfig(agent=td3_config(**_PENDULUM_FULL_SIZES), periods_per_chunk=4),
+    multi_process=True,
 )
 def td3_pendulum(ctx: RunContext, cfg: DDPGRecipeConfig) -> dict:
     summary, rows = run_ddpg_recipe(ctx, cfg, "TD3 on Pendulum-v1")

@@ -39,6 +39,7 @@ from common.checks import check_fields, check_positive
 from common.data import sample_batch
 from common.metrics import read_metrics, series
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import PrefixedLogger, RunContext, default_total_steps, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from rl.preference.losses import PREFERENCE_LOSSES
@@ -103,6 +104,7 @@ class DPOFrontierConfig:
         optimal frontier of the true reward (0 disables it).
       chunk_size: steps per scanned host call.
       kl_checkpoints: KLs (nats) at which the summary reads both frontiers.
+      precision: ``"fp32"`` or ``"bf16"`` for every model (``common.precision``).
       *_optim: optimizers (clip_norm must stay None for the vmapped sweeps).
     """
 
@@ -131,6 +133,7 @@ class DPOFrontierConfig:
     oracle_samples: int = 64
     chunk_size: int = 25
     kl_checkpoints: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    precision: str = "fp32"
     sft_optim: OptimConfig = OptimConfig(name="adamw", learning_rate=3e-3, schedule="cosine",
                                          warmup_steps=50, end_factor=0.1, clip_norm=1.0)
     rm_optim: OptimConfig = OptimConfig(name="adam", learning_rate=1e-3, clip_norm=1.0)
@@ -138,6 +141,7 @@ class DPOFrontierConfig:
     rlhf_optim: OptimConfig = OptimConfig(name="adam", learning_rate=5e-4)
 
     def validate(self) -> None:
+        get_policy(self.precision)
         check_fields(self, positive_ints=(
             "d_model", "num_layers", "num_heads", "mlp_dim", "sft_steps", "sft_batch", "rm_steps",
             "rm_batch", "dpo_steps", "dpo_batch", "rlhf_steps", "rlhf_prompts", "eval_every",
@@ -169,7 +173,8 @@ def _with_total(optim: OptimConfig, steps: int) -> OptimConfig:
 
 def _lm_config(cfg: DPOFrontierConfig) -> LMConfig:
     return LMConfig(vocab_size=cfg.task.tokenizer().vocab_size, d_model=cfg.d_model,
-                    num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
+                    num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                    dtype=get_policy(cfg.precision).layer_dtype)
 
 
 def train_sft(cfg: DPOFrontierConfig, key, *, logger=None, checkpointer=None, progress=False):

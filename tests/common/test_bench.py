@@ -57,3 +57,35 @@ def test_run_benchmarks_writes_json(tmp_path):
         assert not (tmp_path / "x").exists()
     finally:
         BENCHMARKS._entries.pop("test-bench")
+
+
+def test_the_ceiling_is_sampled_between_the_benchmarks_timings(tmp_path):
+    """One ceiling sample per interleaved round and per time_call, three before and
+    one after; the record's ceiling is their median, with dtype, device and counts."""
+    from common.bench import CeilingProbe, ceiling_probe
+
+    probe = CeilingProbe(n=64)
+    with ceiling_probe(probe):
+        time_interleaved({"a": lambda: jnp.ones(2), "b": lambda: jnp.zeros(2)}, rounds=4)
+        time_call(lambda: jnp.ones(2), repeats=3)
+    assert len(probe.samples) == 5
+    time_call(lambda: jnp.ones(2), repeats=3)  # no probe active: no sample
+    assert len(probe.samples) == 5
+
+    @benchmark("test-bench-probe", "a benchmark timing two calls in alternation",
+               dtype="bfloat16")
+    def _bench(ctx):
+        time_interleaved({"a": lambda: jnp.ones(2), "b": lambda: jnp.zeros(2)}, rounds=6)
+        return {"ceiling_seen": ctx.ceiling_gflops}
+
+    try:
+        record = run_benchmarks(["test-bench-probe"], out_dir=tmp_path,
+                                echo=lambda s: None)["test-bench-probe"]
+        assert record["ceiling_samples"] == 3 + 6 + 1
+        assert record["dtype"] == record["ceiling_dtype"] == "bfloat16"
+        assert (record["ceiling_min_gflops"] <= record["matmul_ceiling_gflops"]
+                <= record["ceiling_max_gflops"])
+        assert record["machine"]["device_count"] == 8
+        assert record["machine"]["process_count"] == 1
+    finally:
+        BENCHMARKS._entries.pop("test-bench-probe")

@@ -215,3 +215,17 @@ def test_detr_step_and_ddpg_seeds_in_two_processes_equal_one_process(what, tmp_p
     for name in single:
         np.testing.assert_allclose(multi[name], single[name], rtol=2e-5, atol=2e-6,
                                    err_msg=name)
+
+
+def test_recipes_not_ready_for_several_processes_refuse_before_writing(tmp_path,
+                                                                       monkeypatch):
+    import common.recipe as recipe_module
+    from common.recipe import RECIPES, ConfigError
+
+    monkeypatch.setattr(recipe_module.jax, "process_count", lambda: 2)
+    not_ready = [n for n, r in RECIPES.items() if not r.multi_process]
+    assert "digits-mlp" not in not_ready and not_ready
+    with pytest.raises(ConfigError, match=f"{not_ready[0]!r} does not run as several "
+                                          "processes yet .*digits-mlp"):
+        run_recipe(not_ready[0], runs_root=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())

@@ -21,6 +21,7 @@ Recognition" (ResNet).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,9 @@ class DETRConfig:
       dropout_rate: transformer dropout (0.1 in DETR).
       backbone: the ResNet (any :class:`common.nn.ResNetConfig`; its norm is
         ``backbone.norm``, e.g. ``"frozen_bn"``).
+      dtype: computation dtype of every layer, backbone included (``None``: float32
+        like the parameters; ``jnp.bfloat16`` under ``common.precision``'s ``bf16``). The
+        outputs are cast back to float32 for the loss and matching.
     """
 
     num_classes: int = 4
@@ -113,6 +117,7 @@ class DETRConfig:
     mlp_dim: int = 256
     dropout_rate: float = 0.1
     backbone: ResNetConfig = BackboneConfig()
+    dtype: Any = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field DETR cannot be built with."""
@@ -158,18 +163,22 @@ class DETR(nnx.Module):
         config.validate()
         self.config = config
         d = config.d_model
-        self.backbone = ResNet(config.backbone, rngs=rngs)
-        self.input_proj = nnx.Linear(self.backbone.out_channels[-1], d, rngs=rngs)  # 1×1 conv
+        dtype = config.dtype
+        backbone = config.backbone if dtype is None else dataclasses.replace(config.backbone,
+                                                                              dtype=dtype)
+        self.backbone = ResNet(backbone, rngs=rngs)
+        self.input_proj = nnx.Linear(self.backbone.out_channels[-1], d, dtype=dtype,
+                                     rngs=rngs)  # 1×1 conv
         layers = TransformerConfig(d_model=d, num_heads=config.num_heads,
                                    mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
-                                   activation="relu", norm_first=False)
+                                   activation="relu", norm_first=False, dtype=dtype)
         self.encoder = Encoder(dataclasses.replace(layers, num_layers=config.num_encoder_layers),
                                rngs=rngs)
         self.decoder = Decoder(dataclasses.replace(layers, num_layers=config.num_decoder_layers,
                                                    final_norm=True), rngs=rngs)
         self.query_embed = nnx.Param(jax.random.normal(rngs.params(), (config.num_queries, d)))
-        self.class_embed = nnx.Linear(d, config.num_classes + 1, rngs=rngs)
-        self.bbox_embed = MLP([d, d, d, 4], activation="relu", rngs=rngs)
+        self.class_embed = nnx.Linear(d, config.num_classes + 1, dtype=dtype, rngs=rngs)
+        self.bbox_embed = MLP([d, d, d, 4], activation="relu", dtype=dtype, rngs=rngs)
 
     def __call__(self, images: jax.Array, mask: jax.Array | None = None, *,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
@@ -194,6 +203,9 @@ class DETR(nnx.Module):
                               rngs=rngs)
         queries = jnp.zeros((B, self.config.num_queries, D), feats.dtype)
         hs = self.decoder(queries, memory, return_intermediate=True, cross_mask=key_mask,
-                          query_pos=self.query_embed[...][None], pos=pos,
+                          query_pos=self.query_embed[...][None].astype(feats.dtype), pos=pos,
                           deterministic=deterministic, rngs=rngs)  # [L, B, Q, D]
-        return {"logits": self.class_embed(hs), "boxes": jax.nn.sigmoid(self.bbox_embed(hs))}
+        wide = jnp.promote_types(hs.dtype, jnp.float32)  # float32 for loss and matching
+        logits = self.class_embed(hs).astype(wide)
+        boxes = jax.nn.sigmoid(self.bbox_embed(hs).astype(wide))
+        return {"logits": logits, "boxes": boxes}

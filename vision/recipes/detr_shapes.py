@@ -35,6 +35,7 @@ from flax import nnx
 
 from common.checks import check_fields
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import RunContext, default_total_steps, plot_smoothed, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from vision.boxes import box_iou
@@ -70,6 +71,10 @@ class DetrShapesConfig:
     images only (logged as ``eval/subset_ap``, ``eval/subset_ap50``, ``eval/subset_ap75``;
     0 means the whole split, logged as ``eval/ap*``); the last step and the returned
     metrics always use the whole validation split.
+
+    ``precision``: ``"fp32"`` or ``"bf16"`` (``common.precision``: bfloat16 convolutions,
+    matmuls and activations; float32 parameters, norm statistics, softmax, matching and
+    losses).
     """
 
     seed: int = 0
@@ -100,6 +105,7 @@ class DetrShapesConfig:
     coco_backend: str = "pycocotools"
     overlay_images: int = 12
     overlay_threshold: float = 0.5
+    precision: str = "fp32"
 
     def validate(self) -> None:
         check_fields(self, positive_ints=("image_size", "min_image_size", "max_objects",
@@ -114,6 +120,7 @@ class DetrShapesConfig:
         if not self.min_shape <= self.max_shape < self.min_image_size:
             raise ValueError(f"need min_shape <= max_shape < min_image_size, got "
                              f"{self.min_shape}, {self.max_shape}, {self.min_image_size}")
+        get_policy(self.precision)
         if self.model.num_classes != len(CLASSES):
             raise ValueError(f"model.num_classes must be {len(CLASSES)} for the shapes set, "
                              f"got {self.model.num_classes}")
@@ -253,7 +260,8 @@ def train_detr_shapes(cfg: DetrShapesConfig, *, logger=None, checkpointer=None,
     val = generate_shapes(cfg.num_val, seed=cfg.seed + 1, **shape_kw)
     gt = ground_truth(val)
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-    model = DETR(cfg.model, rngs=nnx.Rngs(params=init_key, dropout=init_key))
+    model_cfg = dataclasses.replace(cfg.model, dtype=get_policy(cfg.precision).layer_dtype)
+    model = DETR(model_cfg, rngs=nnx.Rngs(params=init_key, dropout=init_key))
     tx = build_optimizer(optim)
     state = TrainState.create(model, tx, train_key)
     loss_fn = make_loss_fn(state.graphdef, cfg.criterion)

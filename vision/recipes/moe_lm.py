@@ -40,6 +40,7 @@ from flax import nnx
 from common.checks import check_fields
 from common.nn.moe import load_metrics
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import (
     PrefixedLogger,
     RunContext,
@@ -76,6 +77,8 @@ class MoELMRecipeConfig:
       val_windows: validation windows of ``S`` bytes for bits per byte.
       routing_bytes: validation bytes shown in the routing figure.
       optim: the optimizer (``total_steps`` defaults to ``steps``).
+      precision: ``"fp32"`` or ``"bf16"`` (``common.precision``: bfloat16 matmuls and
+        activations; float32 parameters, router, norms' statistics, softmax and loss).
     """
 
     seed: int = 0
@@ -95,6 +98,7 @@ class MoELMRecipeConfig:
     routing_bytes: int = 40
     optim: OptimConfig = OptimConfig(name="adamw", learning_rate=3e-3, schedule="cosine",
                                      warmup_steps=30, weight_decay=0.01, clip_norm=1.0)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         check_fields(self, positive_ints=("seq_len", "batch_size", "steps", "chunk_size",
@@ -115,6 +119,7 @@ class MoELMRecipeConfig:
                              f"{self.optim.warmup_steps} for the {self.optim.schedule} schedule")
         if self.val_every < 2:
             raise ValueError(f"val_every must be >= 2, got {self.val_every}")
+        get_policy(self.precision)
 
 
 def stdlib_corpus(val_every: int, max_train_bytes: int, max_val_bytes: int
@@ -160,6 +165,7 @@ def make_loss_fn(graphdef, bias_rate: float):
         model = nnx.merge(graphdef, params, rest)
         tokens = batch["tokens"]
         logits, aux = model(tokens[:, :-1])
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # float32 loss
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
         metrics = {"ce": ce, "bits_per_byte": ce / math.log(2.0)}
         if aux.tokens_per_expert.shape[0]:
@@ -184,6 +190,7 @@ def make_eval(graphdef, windows: jax.Array):
     @jax.jit
     def ce(params, rest):
         logits, _ = nnx.merge(graphdef, params, rest)(windows[:, :-1])
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
         return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
 
     return lambda state: {"bits_per_byte": float(ce(state.params, state.rest)) / math.log(2)}
@@ -197,6 +204,7 @@ def train_one(cfg: MoELMRecipeConfig, model_cfg: MoELMConfig, bias_rate: float, 
     optim = default_total_steps(cfg.optim, cfg.steps)
     tx = build_optimizer(optim)
     init_key, train_key = jax.random.split(key)
+    model_cfg = dataclasses.replace(model_cfg, dtype=get_policy(cfg.precision).layer_dtype)
     state = TrainState.create(MoELM(model_cfg, rngs=nnx.Rngs(init_key)), tx, train_key)
     step = train_step_fn(make_loss_fn(state.graphdef, bias_rate), tx, updates_rest=True)
     marks: list[tuple[int, float]] = []

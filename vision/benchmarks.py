@@ -163,10 +163,11 @@ def _moe_step(dispatch: str, k: int, capacity: int | None = None):
            "SwiGLU of equal active parameters; blocked vs ragged_dot vs capacity vs loop")
 def bench_moe_layer(ctx: BenchContext) -> dict:
     """Forward+backward of one MoE layer (``noaux_tc`` routing, SwiGLU experts) against a
-    dense SwiGLU with the same active parameters (hidden ``k·F``), at the issue's sizes
-    ``T = 4096, E = 64, k = 6`` (``D = 256, F = 128``); then the four dispatches at one
-    size (quick: ``T = 1024, E = 16, k = 4``, because ``ragged_dot`` on XLA:CPU does
-    ``E×`` the work; full: the issue's sizes), each timed in alternation."""
+    dense SwiGLU with the same active parameters (hidden ``k·F``), at ``T = 4096, E = 64,
+    k = 6`` (quick: ``D = 256, F = 128``; full, for an accelerator: ``T = 8192, D = 1024,
+    F = 512``); then the four dispatches at one size (quick: ``T = 1024, E = 16, k = 4``,
+    because ``ragged_dot`` on XLA:CPU does ``E×`` the work; full: the full sizes), each
+    timed in alternation."""
     from common.nn.moe import expert_capacity, noaux_tc_route, tokens_per_expert
 
     def dense_step():
@@ -175,7 +176,9 @@ def bench_moe_layer(ctx: BenchContext) -> dict:
 
         return jax.jit(jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2, 3)))
 
-    T, E, k, D, F = 4096, 64, 6, 256, 128
+    # quick: the issue's sizes at a CPU-sized width; full: Moonlight-like widths for an
+    # accelerator (D = 2048 there; 1024 keeps the 64 experts within one GPU's memory twice)
+    T, E, k, D, F = (4096, 64, 6, 256, 128) if ctx.quick else (8192, 64, 6, 1024, 512)
     rounds = 5 if ctx.quick else 15
     x, router, experts, dense_w = _moe_problem(T, E, k, D, F)
     moe, dense = _moe_step("blocked", k), dense_step()
@@ -213,3 +216,8 @@ def bench_moe_layer(ctx: BenchContext) -> dict:
            for n, t in times.items() if n != "blocked"},
     })
     return results
+
+# Benchmarks that live beside their package register on import.
+import vision.face.benchmarks  # noqa: E402
+import vision.pose.benchmarks  # noqa: E402
+import vision.vlm.benchmarks  # noqa: E402,F401

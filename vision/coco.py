@@ -196,3 +196,178 @@ def write_json(obj, path: str | os.PathLike) -> None:
     """Write a COCO dict or results list as JSON."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
+
+
+# ----------------------------------------------------------------------------- keypoints
+
+#: Names of ``COCOeval.stats`` for keypoint evaluation, in order.
+KEYPOINT_STAT_NAMES = ("ap", "ap50", "ap75", "ap_medium", "ap_large", "ar", "ar50", "ar75",
+                       "ar_medium", "ar_large")
+
+
+def coco_keypoint_ground_truth(sizes: np.ndarray, keypoints: Sequence[np.ndarray],
+                               boxes_xywh: Sequence[np.ndarray], areas: Sequence[np.ndarray],
+                               keypoint_names: Sequence[str], *,
+                               skeleton: Sequence[Sequence[int]] = (),
+                               category: str = "person",
+                               image_ids: Sequence[int] | None = None) -> dict:
+    """Keypoint ground truth (one category) as a COCO dataset dict.
+
+    Args:
+      sizes: ``[N, 2]`` image ``(height, width)``.
+      keypoints: ``N`` arrays ``[T_n, K, 3]`` of ``(x, y, v)`` per person, ``v`` in
+        ``{0, 1, 2}`` (unlabelled, labelled but occluded, visible).
+      boxes_xywh: ``N`` arrays ``[T_n, 4]`` of person boxes ``[x, y, w, h]``.
+      areas: ``N`` arrays ``[T_n]`` of person areas (segmentation areas in COCO; the
+        OKS scale ``s²``).
+      keypoint_names: the ``K`` keypoint names.
+      skeleton: 1-based keypoint pairs (stored in the category, not used by the metric).
+      category: the category name (id 1).
+      image_ids: COCO image ids (default ``1 .. N``).
+
+    Returns:
+      ``{"images", "annotations", "categories"}``; annotations carry ``keypoints`` (a
+      flat ``[x, y, v] · K`` list), ``num_keypoints`` (labelled count), ``bbox``, ``area``
+      and ``iscrowd = 0``. Unlabelled keypoints are written as ``(0, 0, 0)`` as in COCO.
+
+    Example:
+      >>> gt = coco_keypoint_ground_truth(np.array([[32, 32]]), [np.array([[[4., 5., 2.]]])],
+      ...                                 [np.array([[1., 1., 10., 10.]])], [np.array([80.])],
+      ...                                 ["nose"])
+      >>> gt["annotations"][0]["keypoints"], gt["annotations"][0]["num_keypoints"]
+      ([4.0, 5.0, 2], 1)
+    """
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 2 or sizes.shape[1] != 2:
+        raise ValueError(f"sizes must have shape [N, 2] (height, width), got {sizes.shape}")
+    n, k = sizes.shape[0], len(keypoint_names)
+    if not (len(keypoints) == len(boxes_xywh) == len(areas) == n):
+        raise ValueError(f"keypoints, boxes_xywh and areas must hold one entry per image ({n}), "
+                         f"got {len(keypoints)}, {len(boxes_xywh)} and {len(areas)}")
+    ids = list(range(1, n + 1)) if image_ids is None else [int(i) for i in image_ids]
+    images, annotations = [], []
+    for j in range(n):
+        h, w = (int(v) for v in sizes[j])
+        images.append({"id": ids[j], "height": h, "width": w, "file_name": f"{ids[j]}.png"})
+        kp = np.asarray(keypoints[j], dtype=np.float64)
+        if kp.ndim != 3 or kp.shape[1:] != (k, 3):
+            raise ValueError(f"keypoints of image {j} must have shape [T, K, 3] = [T, {k}, 3] "
+                             f"(K = len(keypoint_names)), got {kp.shape}")
+        bx = np.asarray(boxes_xywh[j], dtype=np.float64).reshape(-1, 4)
+        ar = np.asarray(areas[j], dtype=np.float64).reshape(-1)
+        if bx.shape[0] != kp.shape[0] or ar.shape[0] != kp.shape[0]:
+            raise ValueError(f"image {j}: {kp.shape[0]} people but {bx.shape[0]} boxes and "
+                             f"{ar.shape[0]} areas")
+        if kp.size and not np.all(np.isin(kp[..., 2], (0, 1, 2))):
+            raise ValueError(f"keypoints of image {j}: visibility must be 0, 1 or 2")
+        if not (np.all(np.isfinite(kp)) and np.all(np.isfinite(bx)) and np.all(ar >= 0)):
+            raise ValueError(f"image {j}: keypoints and boxes must be finite, areas >= 0")
+        for person, box, area in zip(kp, bx, ar, strict=True):
+            flat = []
+            for x, y, v in person:
+                flat += [float(x), float(y), int(v)] if v > 0 else [0.0, 0.0, 0]
+            annotations.append({"id": len(annotations) + 1, "image_id": ids[j], "category_id": 1,
+                                "keypoints": flat, "num_keypoints": int(np.sum(person[:, 2] > 0)),
+                                "bbox": [float(v) for v in box], "area": float(area),
+                                "iscrowd": 0})
+    categories = [{"id": 1, "name": category, "supercategory": category,
+                   "keypoints": list(keypoint_names),
+                   "skeleton": [list(map(int, pair)) for pair in skeleton]}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_keypoint_detections(image_ids: Sequence[int], keypoints: np.ndarray,
+                             scores: np.ndarray) -> list[dict]:
+    """Keypoint detections as a COCO results list (one person per row).
+
+    Args:
+      image_ids: ``D`` COCO image ids.
+      keypoints: ``[D, K, 2]`` predicted ``(x, y)`` or ``[D, K, 3]`` with a per-keypoint
+        score as third value (written as is; COCO's metric ignores it).
+      scores: ``[D]`` instance scores (rank detections for AP).
+
+    Returns:
+      ``[{"image_id", "category_id": 1, "keypoints": [x, y, v] · K, "score"}, ...]``.
+
+    Example:
+      >>> dets = coco_keypoint_detections([1], np.array([[[4., 5.]]]), np.array([0.9]))
+      >>> dets[0]["keypoints"], dets[0]["score"]
+      ([4.0, 5.0, 1.0], 0.9)
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[-1] not in (2, 3):
+        raise ValueError(f"keypoints must have shape [D, K, 2] or [D, K, 3], got {kp.shape}")
+    d = kp.shape[0]
+    if scores.shape != (d,):
+        raise ValueError(f"scores must have shape [D] = ({d}), got {scores.shape}")
+    if len(image_ids) != d:
+        raise ValueError(f"image_ids must have D = {d} entries, got {len(image_ids)}")
+    if not (np.all(np.isfinite(kp)) and np.all(np.isfinite(scores))):
+        raise ValueError("keypoints and scores must be finite")
+    if kp.shape[-1] == 2:
+        kp = np.concatenate([kp, np.ones((*kp.shape[:-1], 1))], axis=-1)
+    return [{"image_id": int(image_ids[i]), "category_id": 1,
+             "keypoints": [float(v) for v in kp[i].reshape(-1)], "score": float(scores[i])}
+            for i in range(d)]
+
+
+def evaluate_keypoints(ground_truth: dict, detections: list[dict], *, sigmas=None,
+                       backend: str = "pycocotools") -> dict[str, float]:
+    """COCO keypoint AP/AR (OKS-based) of ``detections`` against ``ground_truth``.
+
+    ``AP = mean over OKS thresholds {0.50, 0.55, …, 0.95} of the 101-point interpolated
+    precision–recall area``, at most 20 detections per image; ground truths without
+    labelled keypoints are ignored.
+
+    Args:
+      ground_truth: a COCO dataset dict (:func:`coco_keypoint_ground_truth`).
+      detections: a COCO results list (:func:`coco_keypoint_detections`); empty gives
+        zeros.
+      sigmas: ``[K]`` per-keypoint OKS constants (default COCO's 17).
+      backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
+
+    Returns:
+      ``{name: value}`` for the names in ``KEYPOINT_STAT_NAMES``; ``-1`` where COCO has
+      no ground truth for an area range.
+
+    Example:
+      >>> gt = coco_keypoint_ground_truth(np.array([[32, 32]]), [np.array([[[4., 5., 2.]]])],
+      ...                                 [np.array([[1., 1., 10., 10.]])], [np.array([80.])],
+      ...                                 ["nose"])
+      >>> dets = coco_keypoint_detections([1], np.array([[[4., 5.]]]), np.array([1.0]))
+      >>> round(evaluate_keypoints(gt, dets, sigmas=[0.05])["ap"], 6)
+      1.0
+    """
+    categories = ground_truth.get("categories") or [{}]
+    k = len(categories[0].get("keypoints", ()))
+    if sigmas is not None:
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+        if sigmas.shape != (k,):
+            raise ValueError(f"sigmas must have shape [K] = ({k}) (one per keypoint of the "
+                             f"category), got shape {sigmas.shape}")
+        if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
+            raise ValueError("sigmas must be finite and > 0")
+    elif k != 17:
+        raise ValueError(f"sigmas must be given for a skeleton of {k} keypoints (the default "
+                         "is COCO's 17)")
+    if not detections:
+        return {name: 0.0 for name in KEYPOINT_STAT_NAMES}
+    coco_cls, eval_cls = _backend(backend)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco_cls()
+        gt.dataset = json.loads(json.dumps(ground_truth))
+        gt.createIndex()
+        dt = gt.loadRes(json.loads(json.dumps(detections)))
+        evaluator = eval_cls(gt, dt, "keypoints")
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = sigmas
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(KEYPOINT_STAT_NAMES, evaluator.stats,
+                                              strict=False)}
+
+
+__all__ += ["KEYPOINT_STAT_NAMES", "coco_keypoint_detections", "coco_keypoint_ground_truth",
+            "evaluate_keypoints"]

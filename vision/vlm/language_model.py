@@ -278,7 +278,9 @@ class MoELM(nnx.Module):
       rngs: ``nnx.Rngs``.
 
     Call:
-      ``tokens [B, T]`` int → ``(logits [B, T, V] float32, LMAux)``.
+      ``tokens [B, T]`` int → ``(logits [B, T, V] float32, LMAux)``; or
+      ``model(None, embeddings=e)`` with input embeddings ``e [B, T, D]`` (a
+      vision-language model's spliced sequence).
 
     Example:
       >>> lm = MoELM(CONFIGS["tiny-moe"], rngs=nnx.Rngs(0))
@@ -307,13 +309,37 @@ class MoELM(nnx.Module):
         return [layer.ffn.moe for layer in self.decoder.layers
                 if isinstance(layer.ffn, _MoEFeedForward)]
 
-    def __call__(self, tokens: jax.Array) -> tuple[jax.Array, LMAux]:
-        _check_tokens(tokens, self.config.vocab_size)
-        B, T = tokens.shape
-        h = self.embed(tokens)  # [B, T, D]
+    def __call__(self, tokens: jax.Array | None, *, embeddings: jax.Array | None = None
+                 ) -> tuple[jax.Array, LMAux]:
+        """``tokens [B, T]``, or ``embeddings [B, T, D]`` that replace the token embedding
+        (a vision-language model splices image features into them); ``tokens`` may then
+        be ``None``."""
+        h = _input_embeddings(self, tokens, embeddings)  # [B, T, D]
+        B, T = h.shape[:2]
         h = self.decoder(h, self_mask=causal_mask(T))
         logits = self.lm_head(h).astype(jnp.float32)
         return logits, _pop_aux(self, B * T)
+
+
+def _input_embeddings(model: MoELM, tokens, embeddings) -> jax.Array:
+    """``model.embed(tokens)``, or the given ``embeddings [B, T, D]`` (checked against
+    ``tokens [B, T]`` when both are given)."""
+    if embeddings is None:
+        if tokens is None:
+            raise ValueError("tokens [B, T] are required when embeddings are not given")
+        _check_tokens(tokens, model.config.vocab_size)
+        return model.embed(tokens)
+    D = model.config.d_model
+    if jnp.ndim(embeddings) != 3 or jnp.shape(embeddings)[-1] != D:
+        raise ValueError(f"embeddings must have shape [B, T, {D}], got shape "
+                         f"{shape_str(shape_of(embeddings))}")
+    if tokens is not None:
+        _check_tokens(tokens, model.config.vocab_size)
+        if tuple(tokens.shape) != tuple(embeddings.shape[:2]):
+            raise ValueError(f"embeddings must have shape [B, T, {D}] with [B, T] = "
+                             f"{shape_str(tokens.shape)} (tokens), got shape "
+                             f"{shape_str(embeddings.shape)}")
+    return embeddings
 
 
 def _pop_aux(model: MoELM, num_tokens: int) -> LMAux:
@@ -409,8 +435,8 @@ def init_cache(config: MoELMConfig, batch: int, length: int, dtype=jnp.float32) 
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def forward_cached(model: MoELM, tokens: jax.Array, cache: KVCache, start: jax.Array
-                   ) -> tuple[jax.Array, KVCache]:
+def forward_cached(model: MoELM, tokens: jax.Array | None, cache: KVCache, start: jax.Array,
+                   *, embeddings: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Run ``T`` new tokens at positions ``start … start+T−1`` against a KV cache.
 
     Each layer projects the new tokens' keys and values, writes them into the cache at
@@ -422,7 +448,11 @@ def forward_cached(model: MoELM, tokens: jax.Array, cache: KVCache, start: jax.A
       model: a :class:`MoELM`.
       tokens: ``[B, T]`` new token ids.
       cache: a :class:`KVCache` holding positions ``< start``.
-      start: int32 scalar, the position of ``tokens[:, 0]`` (may be traced).
+      start: int32 scalar, the position of ``tokens[:, 0]`` (may be traced), or
+        ``[B]`` int32, one start per sequence (sequences of different prompt lengths
+        decoded together).
+      embeddings: optional ``[B, T, D]`` input embeddings used instead of
+        ``model.embed(tokens)`` (``tokens`` may then be ``None``).
 
     Returns:
       ``(logits [B, T, V] float32, updated cache)``.
@@ -430,14 +460,22 @@ def forward_cached(model: MoELM, tokens: jax.Array, cache: KVCache, start: jax.A
     Example:
       >>> logits, cache = forward_cached(lm, prompt, init_cache(cfg, B, 64), 0)
     """
-    _check_tokens(tokens, model.config.vocab_size)
-    B, T = tokens.shape
+    h = _input_embeddings(model, tokens, embeddings)  # [B, T, D]
+    B, T = h.shape[:2]
     if cache.k.shape[1] != B:
         raise ValueError(f"cache must hold batch B={B} (tokens), got {cache.k.shape[1]}")
     S = cache.k.shape[2]
-    positions = start + jnp.arange(T)  # [T]
-    mask = (jnp.arange(S)[None, :] <= positions[:, None])[None, None]  # [1, 1, T, S]
-    h = model.embed(tokens)
+    per_row = jnp.ndim(start) == 1
+    if per_row and jnp.shape(start)[0] != B:
+        raise ValueError(f"start must be a scalar or have shape [B] = ({B},), got shape "
+                         f"{shape_str(shape_of(start))}")
+    if per_row:
+        positions = start[:, None] + jnp.arange(T)[None, :]  # [B, T]
+        mask = (jnp.arange(S)[None, None, :] <= positions[:, :, None])[:, None]  # [B,1,T,S]
+        write = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice(c, x, (s, 0, 0)))
+    else:
+        positions = start + jnp.arange(T)  # [T]
+        mask = (jnp.arange(S)[None, :] <= positions[:, None])[None, None]  # [1, 1, T, S]
     new_k, new_v = [], []
     for i, layer in enumerate(model.decoder.layers):
         attn = layer.self_attn
@@ -447,8 +485,14 @@ def forward_cached(model: MoELM, tokens: jax.Array, cache: KVCache, start: jax.A
         k = apply_rope(attn.k_proj(x).reshape(B, T, attn.num_kv_heads, attn.head_dim),
                        positions, base=attn.rope_base)
         v = attn.v_proj(x).reshape(B, T, attn.num_kv_heads, attn.head_dim)
-        k_all = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k.dtype), (0, start, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v.dtype), (0, start, 0, 0))
+        if per_row:
+            k_all = write(cache.k[i], k.astype(cache.k.dtype), start)
+            v_all = write(cache.v[i], v.astype(cache.v.dtype), start)
+        else:
+            k_all = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k.dtype),
+                                                 (0, start, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v.dtype),
+                                                 (0, start, 0, 0))
         new_k.append(k_all)
         new_v.append(v_all)
         out = dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # What the blocks promise in their comments, checked on the names they define.
@@ -55,15 +57,21 @@ def test_readme_has_python_blocks():
     assert len(readme_blocks()) >= 6
 
 
-def test_every_readme_python_block_runs(tmp_path):
+PARTS = 3  # the blocks run in this many subprocesses, so that test workers share them
+
+
+@pytest.mark.parametrize("part", range(PARTS))
+def test_every_readme_python_block_runs(tmp_path, part):
+    """Blocks ``part``, ``part + PARTS``, ... (every block runs in exactly one part)."""
     import json
 
+    blocks = readme_blocks()[part::PARTS]
     blocks_file = tmp_path / "blocks.json"
-    blocks_file.write_text(json.dumps(readme_blocks()), encoding="utf-8")
+    blocks_file.write_text(json.dumps(blocks), encoding="utf-8")
     root = str(README.parent)
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _DRIVER, str(blocks_file)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    assert f"{len(readme_blocks())} blocks ran" in done.stdout
+    assert f"{len(blocks)} blocks ran" in done.stdout

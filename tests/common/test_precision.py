@@ -108,6 +108,7 @@ def test_detr_bf16_forward_and_step_track_float32():
     np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=BF16_LOSS_RTOL)
 
 
+@pytest.mark.slow
 def test_digits_mlp_trains_to_the_float32_accuracy_at_bf16():
     """digits-mlp for 600 steps at each precision: test accuracies within 2 points (the
     seed-to-seed spread of this recipe is about 1 point)."""

@@ -27,6 +27,7 @@ TINY = FaceOpensetConfig(
     no_alignment_runs=False, feature_ids=0, chunk_size=4, eval_batch=32, lfw_check=False)
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_runs_end_to_end():
     out = run_face_openset(TINY)
     assert set(out["table1_heads"]) == {"arcface", "triplet"}

@@ -177,19 +177,29 @@ def evaluate_bbox(ground_truth: dict, detections: list[dict], *,
       >>> round(evaluate_bbox(gt, dets)["ap"], 6)
       1.0
     """
+    return _summarize(ground_truth, detections, "bbox", COCO_STAT_NAMES, backend)
+
+
+def _summarize(ground_truth: dict, detections: list[dict], iou_type: str,
+               names: Sequence[str], backend: str, sigmas=None) -> dict[str, float]:
+    """COCOeval ``evaluate → accumulate → summarize`` for ``iou_type`` (``"bbox"`` or
+    ``"keypoints"``, with OKS ``sigmas``), its printout silenced; the stats by name
+    (all 0 without detections)."""
     if not detections:
-        return {name: 0.0 for name in COCO_STAT_NAMES}
+        return {name: 0.0 for name in names}
     coco_cls, eval_cls = _backend(backend)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_cls()
         gt.dataset = json.loads(json.dumps(ground_truth))
         gt.createIndex()
         dt = gt.loadRes(json.loads(json.dumps(detections)))
-        evaluator = eval_cls(gt, dt, "bbox")
+        evaluator = eval_cls(gt, dt, iou_type)
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = sigmas
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
+    return {name: float(v) for name, v in zip(names, evaluator.stats, strict=False)}
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
@@ -351,22 +361,8 @@ def evaluate_keypoints(ground_truth: dict, detections: list[dict], *, sigmas=Non
     elif k != 17:
         raise ValueError(f"sigmas must be given for a skeleton of {k} keypoints (the default "
                          "is COCO's 17)")
-    if not detections:
-        return {name: 0.0 for name in KEYPOINT_STAT_NAMES}
-    coco_cls, eval_cls = _backend(backend)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = coco_cls()
-        gt.dataset = json.loads(json.dumps(ground_truth))
-        gt.createIndex()
-        dt = gt.loadRes(json.loads(json.dumps(detections)))
-        evaluator = eval_cls(gt, dt, "keypoints")
-        if sigmas is not None:
-            evaluator.params.kpt_oks_sigmas = sigmas
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(v) for name, v in zip(KEYPOINT_STAT_NAMES, evaluator.stats,
-                                              strict=False)}
+    return _summarize(ground_truth, detections, "keypoints", KEYPOINT_STAT_NAMES, backend,
+                      sigmas)
 
 
 __all__ += ["KEYPOINT_STAT_NAMES", "coco_keypoint_detections", "coco_keypoint_ground_truth",

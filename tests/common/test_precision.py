@@ -148,7 +148,7 @@ def _dot_dtypes(fn, *args) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("which", ["causal_lm", "moe_lm",
+@pytest.mark.parametrize("which", ["causal_lm", pytest.param("moe_lm", marks=pytest.mark.slow),
                                    pytest.param("score_unet", marks=pytest.mark.slow),
                                    pytest.param("detr", marks=pytest.mark.slow)])
 def test_models_run_their_matmuls_in_bf16_and_return_float32_outputs(which):

@@ -379,6 +379,7 @@ def test_every_registered_preset_takes_finite_updates(name):
 # ----------------------------------------------------------------------------- whole runs
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_seed_sharded_run_equals_unsharded_and_resume_equals_uninterrupted(tmp_path):
     seeds = list(range(8))
     full = train_seeds(TINY, seeds, periods_per_chunk=1, env=SHORT_PENDULUM)

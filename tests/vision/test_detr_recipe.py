@@ -80,6 +80,7 @@ def test_backbone_norms_with_non_trainable_state_train_and_evaluate(norm):
     assert moved == (norm == "batchnorm")
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_intermediate_evaluations_use_the_subset_and_the_last_one_the_whole_split():
     """Every ``eval_every`` steps AP is measured on the first ``eval_subset`` validation
     images; the last step (and the returned metrics) on all of them, with the subset's

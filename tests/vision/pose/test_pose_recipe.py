@@ -16,6 +16,7 @@ TINY = {"num_train": "48", "num_val": "12", "image_size": "48", "resolutions": "
         "model.flow.num_pairs": "1", "model.backbone.conv_impl": "xla"}
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_tiny_run_writes_ap_and_figures(tmp_path):
     run_dir, summary = run_recipe("pose-rle", overrides=TINY, runs_root=tmp_path, progress=False)
     assert 0.0 <= summary["ap_rle_16"] <= 1.0 and "ap75_rle_16" in summary

@@ -35,6 +35,7 @@ TINY = dataclasses.replace(
     optim=dataclasses.replace(BASE.optim, warmup_steps=1))
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_tiny_stage_through_fit():
     TINY.validate()
     train = make_examples(TINY.num_train, 0, sides=TINY.sides, max_objects=TINY.max_objects)

@@ -101,8 +101,15 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_tour(args) -> int:
+    import jax
+
     from common.recipe import RECIPES, run_recipe
 
+    if jax.process_count() > 1:
+        print("jaxatlas tour: error: the tour runs as one process; under several processes "
+              "run the multi-process recipes one by one (jaxatlas launch -- run NAME)",
+              file=sys.stderr)
+        return 2
     load_plugins("jaxatlas.recipes")
     names = args.names or RECIPES.names()
     for name in names:

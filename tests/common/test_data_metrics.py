@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.data import load_digits_split, sample_batch
+from common.data import load_digits_split, sample_batch, sample_sharded_batch
 from common.metrics import MetricsWriter, read_metrics, series
 
 
@@ -30,6 +30,28 @@ def test_sample_batch_draws_rows_together():
     assert len(np.unique(np.asarray(batch["y"]))) == 10
     with pytest.raises(ValueError, match="leading size"):
         sample_batch({"x": jnp.zeros(3), "y": jnp.zeros(4)}, jax.random.key(0), 2)
+
+
+def test_sample_sharded_batch_draws_each_share_from_its_own_block():
+    """Rows ``s·B/S ..`` of the batch come from block ``s`` of the data (what keeps a
+    data-parallel draw on the device holding the rows); one block is ``sample_batch``."""
+    n, shards, batch = 64, 8, 32
+    arrays = {"x": jnp.arange(n, dtype=jnp.float32)[:, None] * jnp.ones((1, 3)),
+              "y": jnp.arange(n)}
+    key = jax.random.key(4)
+    out = jax.jit(lambda a, k: sample_sharded_batch(a, k, batch, shards))(arrays, key)
+    block = np.asarray(out["y"]) // (n // shards)                  # the block of each row
+    np.testing.assert_array_equal(block, np.repeat(np.arange(shards), batch // shards))
+    np.testing.assert_array_equal(np.asarray(out["x"])[:, 0], np.asarray(out["y"]))
+    one = sample_sharded_batch(arrays, key, batch, 1)
+    same = sample_batch(arrays, key, batch)
+    np.testing.assert_array_equal(one["y"], same["y"])
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_sharded_batch(arrays, key, 30, shards)
+    with pytest.raises(ValueError, match="leading size"):
+        sample_sharded_batch({"y": jnp.arange(60)}, key, batch, shards)
+    with pytest.raises(ValueError, match="num_shards"):
+        sample_sharded_batch(arrays, key, batch, 0)
 
 
 def test_metrics_writer_appends_and_resumed_steps_override(tmp_path):

@@ -131,10 +131,10 @@ class MemoryWriter:
         return before - len(self.rows)
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush: the rows live in memory."""
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no file was opened."""
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -87,13 +87,16 @@ def standard_normal_log_prob(z: jax.Array) -> jax.Array:
 
 
 class _Flow(nnx.Module):
-    """Shared ``log_prob`` and ``sample`` of flows defined by ``inverse``/``forward``."""
+    """Shared ``log_prob`` and ``sample`` of a flow. A subclass defines
+    ``inverse(x [..., 2]) -> (z [..., 2], log|det ∂z/∂x| [...])`` (data to latent) and
+    ``forward(z [..., 2]) -> x [..., 2]`` (latent to data); defining a subclass without
+    both raises ``TypeError`` at once."""
 
-    def inverse(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:  # pragma: no cover
-        raise NotImplementedError
-
-    def forward(self, z: jax.Array) -> jax.Array:  # pragma: no cover
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [m for m in ("inverse", "forward") if not callable(getattr(cls, m, None))]
+        if missing:
+            raise TypeError(f"flow {cls.__name__} must define {' and '.join(missing)}")
 
     def log_prob(self, x: jax.Array) -> jax.Array:
         """``log p(x) = log N(f(x)) + log |det ∂f/∂x|`` for ``x [..., 2]``, shape ``[...]``."""

@@ -85,3 +85,12 @@ def test_bad_input_names_the_argument():
         FlowConfig(name="glow").validate()
     with pytest.raises(ValueError, match="hidden"):
         FlowConfig(hidden=0).validate()
+
+
+def test_a_flow_without_inverse_or_forward_is_refused_at_definition():
+    from vision.pose.flows import _Flow
+
+    with pytest.raises(TypeError, match="must define forward"):
+        class OnlyInverse(_Flow):
+            def inverse(self, x):
+                return x, x[..., 0]

@@ -194,3 +194,21 @@ def test_models_run_their_matmuls_in_bf16_and_return_float32_outputs(which):
         else:  # convolutions, attention, MLP and expert matmuls in bf16; the router, the
             # time embedding and the LM head's float32 residual input stay float32
             assert "bfloat16" in dtypes
+
+
+def test_every_recipe_with_a_precision_switch_validates_it_before_running():
+    """The transformer and conv recipes take ``--set precision``; a bad value is a
+    ``ConfigError`` naming it (nothing is written), ``bf16`` resolves."""
+    import generative.recipes  # noqa: F401
+    import rl.recipes  # noqa: F401
+    import vision.recipes  # noqa: F401
+    from common.recipe import RECIPES
+
+    with_switch = sorted(n for n, r in RECIPES.items()
+                         if hasattr(r.configs["quick"], "precision"))
+    assert with_switch == ["detr-shapes", "digits-mlp", "dpo-frontier", "face-openset",
+                           "moe-lm", "pose-rle", "sde-digits", "vlm-shapes"]
+    for name in with_switch:
+        with pytest.raises(ConfigError, match="precision must be one of"):
+            resolve_config(name, overrides={"precision": "fp16"})
+        assert resolve_config(name, overrides={"precision": "bf16"})[1].precision == "bf16"

@@ -66,6 +66,7 @@ from flax import nnx
 from common.checks import check_fields
 from common.nn.resnet import ResNet, ResNetConfig
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import PrefixedLogger, RunContext, default_total_steps, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from vision.face.align import ARCFACE_TEMPLATE, norm_crop, warp_affine
@@ -162,6 +163,7 @@ class FaceOpensetConfig:
     triplet_margin: float = 0.2
     rec_optim: OptimConfig = OptimConfig(name="adamw", learning_rate=3e-3, schedule="cosine",
                                          warmup_steps=30, end_factor=0.05, weight_decay=5e-4)
+    precision: str = "fp32"
     alignment_head: str = "arcface"
     no_alignment_runs: bool = True
     augment_rotation: float = 20.0
@@ -175,6 +177,7 @@ class FaceOpensetConfig:
     overlay_images: int = 8
 
     def validate(self) -> None:
+        get_policy(self.precision)
         check_fields(self, positive_ints=(
             "scene_size", "num_scenes", "num_val_scenes", "max_faces", "det_steps",
             "det_batch", "canvas_size", "crop_size", "num_train_ids", "num_test_ids",
@@ -244,7 +247,8 @@ def train_detector(cfg: FaceOpensetConfig, *, logger=None, checkpointer=None,
                           min_face=cfg.min_face, max_face=cfg.max_face, seed=cfg.seed,
                           identities=identity_range("train", cfg.num_train_ids),
                           gray_prob=cfg.gray_prob)
-    dcfg = cfg.detector
+    dcfg = dataclasses.replace(cfg.detector, backbone=dataclasses.replace(
+        cfg.detector.backbone, dtype=get_policy(cfg.precision).layer_dtype))  # precision
     model = FaceDetector(dcfg, rngs=nnx.Rngs(cfg.seed))
     optim = default_total_steps(cfg.det_optim, cfg.det_steps)
     tx = build_optimizer(optim)
@@ -467,7 +471,8 @@ def train_embedders(cfg: FaceOpensetConfig, heads: tuple[str, ...], crops_u8: np
     steps = steps or cfg.rec_steps
     P = min(cfg.triplet_ids_per_batch, num_classes)
     K = cfg.rec_batch // cfg.triplet_ids_per_batch
-    members = [FaceEmbedder(cfg.embedder, d, num_classes, rngs=nnx.Rngs(cfg.seed + 10 + h))
+    backbone = dataclasses.replace(cfg.embedder, dtype=get_policy(cfg.precision).layer_dtype)
+    members = [FaceEmbedder(backbone, d, num_classes, rngs=nnx.Rngs(cfg.seed + 10 + h))
                for h in range(H)]
     graphdef = None
     parts = []

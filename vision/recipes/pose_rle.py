@@ -44,6 +44,7 @@ from flax import nnx
 
 from common.checks import check_fields
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import RunContext, default_total_steps, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from vision.coco import coco_keypoint_detections, coco_keypoint_ground_truth, evaluate_keypoints
@@ -88,8 +89,10 @@ class PoseRLEConfig:
                                      clip_norm=5.0)
     eval_batch: int = 250
     figure_crops: int = 8
+    precision: str = "fp32"
 
     def validate(self) -> None:
+        get_policy(self.precision)
         check_fields(self, positive_ints=("image_size", "num_train", "num_val", "batch_size",
                                           "steps", "chunk_size", "eval_batch"),
                      nonnegative_ints=("seed", "figure_crops"), nonempty=("resolutions",
@@ -179,7 +182,9 @@ def make_predict(graphdef):
 def train_head(cfg: PoseRLEConfig, head: str, size: int, data: dict, *, logger=None,
                progress: bool = False, history: list | None = None):
     """Train one head at one resolution; returns ``(state, predict)``."""
-    model_cfg = dataclasses.replace(cfg.model, head=head, input_size=size)
+    backbone = dataclasses.replace(cfg.model.backbone,  # precision: the ResNet's dtype
+                                   dtype=get_policy(cfg.precision).layer_dtype)
+    model_cfg = dataclasses.replace(cfg.model, head=head, input_size=size, backbone=backbone)
     optim = default_total_steps(cfg.optim, cfg.steps)
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     model = PoseModel(model_cfg, rngs=nnx.Rngs(init_key))

@@ -43,6 +43,7 @@ from flax import nnx
 from common.checks import check_fields
 from common.nn.moe import load_metrics
 from common.optim import OptimConfig, build_optimizer
+from common.precision import get_policy
 from common.recipe import PrefixedLogger, RunContext, default_total_steps, register_recipe
 from common.train import TrainState, fit, train_step_fn
 from vision.vlm.language_model import MoELMConfig, apply_bias_update
@@ -111,8 +112,10 @@ class VLMShapesConfig:
     invert_pixels: bool = True
     optim: OptimConfig = OptimConfig(name="adamw", learning_rate=2e-3, schedule="cosine",
                                      warmup_steps=20, weight_decay=0.01, clip_norm=1.0)
+    precision: str = "fp32"
 
     def validate(self) -> None:
+        get_policy(self.precision)
         check_fields(self, positive_ints=("max_objects", "num_train", "num_test", "batch_size",
                                           "max_tokens", "max_text_qa",
                                           "max_text_caption", "square_side", "stage1_steps",
@@ -153,7 +156,9 @@ class VLMShapesConfig:
                              "(longest text + answer_length)")
 
     def model_config(self) -> VLMConfig:
-        return VLMConfig(vision=self.vision, text=self.text,
+        dtype = get_policy(self.precision).layer_dtype  # bf16: MoonViT and the MoE LM
+        return VLMConfig(vision=self.vision.replace(dtype=dtype),
+                         text=self.text.replace(dtype=dtype),
                          image_token_id=tokenizer().vocab_size)
 
 

@@ -26,7 +26,7 @@ al. 2023, "Patch n' Pack: NaViT"; Heo et al. 2024 (2-D RoPE); Dosovitskiy et al.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,8 @@ class MoonViTConfig:
       pos_grid: ``(h0, w0)`` of the learnable position table (Kimi-VL: 64 × 64).
       rope_base: 2-D RoPE base wavelength.
       norm_eps: LayerNorm epsilon.
+      dtype: computation dtype of the patch embedding and the blocks (``None``: float32
+        like the parameters; ``jnp.bfloat16`` under ``common.precision``'s ``bf16``).
     """
 
     patch_size: int = 14
@@ -79,6 +81,7 @@ class MoonViTConfig:
     pos_grid: tuple[int, int] = (8, 8)
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    dtype: Any = None
 
     def __post_init__(self):
         self.validate()
@@ -103,7 +106,7 @@ class MoonViTConfig:
             d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             num_layers=self.num_layers, activation="gelu_tanh", mlp="mlp", norm="layernorm",
             norm_first=True, final_norm=True, norm_eps=self.norm_eps, qkv_bias=True,
-            rope="2d", rope_base=self.rope_base, cross_attention=False)
+            rope="2d", rope_base=self.rope_base, cross_attention=False, dtype=self.dtype)
 
     def replace(self, **changes) -> MoonViTConfig:
         return dataclasses.replace(self, **changes)
@@ -436,7 +439,8 @@ class MoonViT(nnx.Module):
         if not isinstance(config, MoonViTConfig):
             raise ValueError(f"config must be a MoonViTConfig, got {type(config).__name__}")
         self.config = config
-        self.patch_embed = nnx.Linear(config.patch_dim, config.d_model, rngs=rngs)
+        self.patch_embed = nnx.Linear(config.patch_dim, config.d_model, dtype=config.dtype,
+                                      rngs=rngs)
         h0, w0 = config.pos_grid
         self.pos_emb = nnx.Param(
             0.02 * jax.random.normal(rngs.params(), (h0, w0, config.d_model), jnp.float32))

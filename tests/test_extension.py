@@ -269,6 +269,7 @@ def _transposed_jv(cost, row_mask, col_mask):
     return col_for_row, row_for_col
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_new_matcher_by_name_and_shared_suite():
     with registered(MATCHERS, "transposed_jv",
                     lambda: MATCHERS.add("transposed_jv", _transposed_jv)):

@@ -41,6 +41,7 @@ def test_mlp_shapes_and_time_dependence(embedding):
     assert_close(apply(x[:1], jnp.full((1,), 0.1)), a[:1], dict(rtol=1e-5, atol=1e-5))
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_unet_shapes_odd_sizes_and_jit():
     """5 → 3 → 5: upsampling follows the skip connections' (odd) sizes."""
     net = init_score_net("unet", jax.random.key(0), image_size=5, channels=8,

@@ -46,6 +46,7 @@ def _run(name, tmp_path, **overrides):
     return run_dir, summary
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_ncsn_toy_tiny(tmp_path):
     _, summary = _run("ncsn-toy", tmp_path, **{
         "n_samples": 400, "langevin_steps": 100, "steps_each": 40, "hidden": 16,

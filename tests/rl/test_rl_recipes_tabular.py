@@ -45,6 +45,7 @@ def test_gridworld_dp_recipe(tmp_path):
     assert entries["rf-1_gamma0.9"] > 0 and entries["rf-10_gamma0.9"] == 0
 
 
+@pytest.mark.slow  # heavy: runs under pytest -m slow
 def test_gridworld_mc_recipe(tmp_path):
     overrides = {"max_episode_length": "16", "basic_iterations": "16",
                  "snapshot_lengths": "1,15", "episodes": "200", "batch": "20",

@@ -58,7 +58,7 @@ def test_hflip_mirrors_inside_the_real_width():
 
 @pytest.mark.parametrize("norm", [
     pytest.param("frozen_bn", marks=pytest.mark.slow),  # also covered by test_detr_model
-    "batchnorm"])
+    pytest.param("batchnorm", marks=pytest.mark.slow)])  # heavy: runs under pytest -m slow
 def test_backbone_norms_with_non_trainable_state_train_and_evaluate(norm):
     """Regression: a backbone reading non-Param variables in its forward pass (frozen or
     running batch-norm statistics) trains under ``fit``'s donation and evaluates after;
